@@ -1,0 +1,162 @@
+"""Hand-computed checks of scoring, masking, N:M and verification."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wanda_export.sparsity.mask import apply_mask_, build_mask, nm_mask, unstructured_mask
+from wanda_export.sparsity.pattern import Pattern, parse_pattern
+from wanda_export.sparsity.score import compute_scores, magnitude_scores, wanda_scores
+from wanda_export.sparsity.verify import nm_violations, verify_layer
+
+# The example of the Wanda paper's slides: a 3x4 weight and the input-feature norms ||X_j||.
+SLIDE_W = torch.tensor([[4.0, 0, 1, -1], [3, -2, -1, -3], [-3, 1, 0, 2]])
+SLIDE_NORMS = torch.tensor([1.0, 2, 8, 3])
+
+
+def test_wanda_scores_on_the_slide_example():
+    scores = wanda_scores(SLIDE_W, SLIDE_NORMS.square())
+    assert torch.equal(scores, torch.tensor([[4.0, 0, 8, 3], [3, 4, 8, 9], [3, 2, 0, 6]]))
+
+
+def test_wanda_per_output_50_percent_on_the_slide_example():
+    weight = SLIDE_W.clone()
+    apply_mask_(weight, unstructured_mask(wanda_scores(weight, SLIDE_NORMS.square()), 0.5, "row"))
+    assert torch.equal(weight, torch.tensor([[4.0, 0, 1, 0], [0, 0, -1, -3], [-3, 0, 0, 2]]))
+
+
+def test_magnitude_per_layer_50_percent_on_the_slide_example():
+    weight = SLIDE_W.clone()
+    apply_mask_(weight, unstructured_mask(magnitude_scores(weight), 0.5, "layer"))
+    # |W| ascending: the two zeros, then the four ones (ties broken by flat index).
+    assert torch.equal(weight, torch.tensor([[4.0, 0, 0, 0], [3, -2, 0, -3], [-3, 0, 0, 2]]))
+
+
+def test_wanda_and_magnitude_disagree_where_activations_matter():
+    # Magnitude keeps the large weights in row 1; Wanda keeps the weight on the loud channel 2.
+    wanda = unstructured_mask(wanda_scores(SLIDE_W, SLIDE_NORMS.square()), 0.5, "row")
+    magnitude = unstructured_mask(magnitude_scores(SLIDE_W), 0.5, "row")
+    assert not torch.equal(wanda, magnitude)
+    assert not wanda[1, 2] and magnitude[1, 2]
+
+
+def test_2_4_on_one_row_of_eight():
+    scores = torch.tensor([[5.0, 1, 3, 2, 0.5, 0.1, 9, 8]])
+    mask = nm_mask(scores, 2, 4)
+    # group 1 [5,1,3,2] keeps 5,3; group 2 [0.5,0.1,9,8] keeps 9,8
+    assert mask.tolist() == [[False, True, False, True, True, True, False, False]]
+
+
+def test_unstructured_differs_from_2_4_on_the_same_row():
+    scores = torch.tensor([[5.0, 1, 3, 2, 0.5, 0.1, 9, 8]])
+    # the four lowest overall (0.1, 0.5, 1, 2) happen to sit two in each group
+    assert unstructured_mask(scores, 0.5).tolist() == [[False, True, False, True, True, True, False, False]]
+    scores2 = torch.tensor([[0.1, 0.2, 0.3, 0.4, 5, 6, 7, 8]])
+    assert unstructured_mask(scores2, 0.5).tolist() == [[True] * 4 + [False] * 4]
+    assert nm_mask(scores2, 2, 4).tolist() == [[True, True, False, False, True, True, False, False]]
+
+
+def test_4_8_and_1_4_patterns():
+    scores = torch.arange(16, dtype=torch.float32).reshape(1, 16)
+    assert nm_mask(scores, 4, 8).sum() == 8
+    assert nm_mask(scores, 1, 4).tolist() == [[True, True, True, False] * 4]
+
+
+def test_ties_prune_the_lowest_index_first():
+    scores = torch.ones(2, 6)
+    assert unstructured_mask(scores, 0.5).tolist() == [[True] * 3 + [False] * 3] * 2
+    assert nm_mask(torch.ones(1, 4), 2, 4).tolist() == [[True, True, False, False]]
+    assert unstructured_mask(torch.ones(2, 2), 0.5, "layer").tolist() == [[True, True], [False, False]]
+
+
+def test_exact_ratio_per_row_on_random_scores():
+    torch.manual_seed(0)
+    scores = torch.randn(64, 100).abs()
+    for sparsity in (0.0, 0.25, 0.5, 0.7, 0.9):
+        mask = unstructured_mask(scores, sparsity, "row")
+        assert (mask.sum(dim=1) == int(100 * sparsity)).all()
+        # every pruned score is <= every kept score in its row
+        pruned_max = torch.where(mask, scores, -math.inf).max(dim=1).values
+        kept_min = torch.where(~mask, scores, math.inf).min(dim=1).values
+        assert (pruned_max <= kept_min).all()
+
+
+def test_exact_ratio_per_layer_with_many_ties():
+    scores = torch.randint(0, 3, (10, 10)).float()
+    mask = unstructured_mask(scores, 0.37, "layer")
+    assert int(mask.sum()) == 37
+
+
+def test_nm_needs_divisible_in_features():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        nm_mask(torch.ones(2, 6), 2, 4)
+
+
+def test_apply_mask_writes_positive_zeros():
+    weight = torch.tensor([[-1.0, -0.0, 2.0, -3.0]])
+    apply_mask_(weight, torch.tensor([[True, False, False, False]]))
+    zeros = weight[weight == 0]
+    assert torch.all(torch.signbit(zeros) == 0)
+    assert weight.tolist() == [[0.0, 0.0, 2.0, -3.0]]
+
+
+def test_conv1d_layout_view_is_written_through():
+    stored = SLIDE_W.t().contiguous()  # GPT-2 Conv1D keeps [in, out]
+    apply_mask_(stored.t(), unstructured_mask(wanda_scores(stored.t(), SLIDE_NORMS.square()), 0.5))
+    assert torch.equal(stored.t(), torch.tensor([[4.0, 0, 1, 0], [0, 0, -1, -3], [-3, 0, 0, 2]]))
+
+
+def test_parse_pattern():
+    assert parse_pattern("2:4") == Pattern(2, 4)
+    assert parse_pattern("unstructured") == Pattern()
+    assert Pattern(2, 4).sparsity == 0.5 and str(Pattern(4, 8)) == "4:8"
+    for bad in ("5:4", "4:4", "0:4", "2-4", "half"):
+        with pytest.raises(ValueError):
+            parse_pattern(bad)
+
+
+def test_verify_counts_violating_groups():
+    weight = torch.tensor([[1.0, 0, 2, 0, 1, 1, 1, 0]])
+    assert nm_violations(weight, 2, 4) == 1
+    report = verify_layer(weight, Pattern(2, 4))
+    assert not report.valid and report.violating_groups == 1
+    assert report.zeros == 3 and report.sparsity == 3 / 8
+    fixed = weight.clone()
+    fixed[0, 5] = 0
+    assert verify_layer(fixed, Pattern(2, 4)).valid
+    assert nm_violations(torch.zeros(1, 6), 2, 4) == -1
+    assert not verify_layer(torch.zeros(1, 6), Pattern(2, 4)).valid
+
+
+def test_verify_minimum_sparsity():
+    weight = torch.tensor([[1.0, 0, 2, 3]])
+    assert verify_layer(weight, Pattern(), 0.25).valid
+    assert not verify_layer(weight, Pattern(), 0.5).valid
+
+
+def test_score_dispatch_errors():
+    with pytest.raises(ValueError, match="unknown scoring method"):
+        compute_scores("sparsegpt-ish", SLIDE_W, None)
+    with pytest.raises(ValueError, match="needs activation"):
+        compute_scores("wanda", SLIDE_W, None)
+    with pytest.raises(ValueError, match="expected \\[4\\]"):
+        wanda_scores(SLIDE_W, torch.ones(3))
+
+
+def test_build_mask_chooses_by_pattern():
+    scores = torch.tensor([[0.1, 0.2, 0.3, 0.4, 5, 6, 7, 8]])
+    assert torch.equal(build_mask(scores, 0.5, Pattern(2, 4)), nm_mask(scores, 2, 4))
+    assert torch.equal(build_mask(scores, 0.5, Pattern()), unstructured_mask(scores, 0.5))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (8, 16)])
+def test_nm_rank_path_matches_a_stable_sort(n, m):
+    torch.manual_seed(n * 100 + m)
+    scores = torch.randint(0, 4, (32, 4 * m)).float()  # many ties on purpose
+    groups = scores.reshape(-1, m)
+    order = torch.argsort(groups, dim=1, stable=True)[:, : m - n]
+    expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    assert torch.equal(nm_mask(scores, n, m), expected.reshape(scores.shape))

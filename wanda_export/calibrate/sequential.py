@@ -1,0 +1,94 @@
+"""Sequential calibration (the Wanda paper's): decoder layer i sees the outputs of the already
+pruned layers < i.
+
+The embeddings run once; the inputs of layer 0 (hidden states and every keyword the model passes
+its layers: attention mask, position ids, rotary embeddings, cache flags) are captured per batch;
+then each layer runs on its own: collect statistics, let the caller prune it, run it again to
+produce the inputs of the next layer. Only one layer's activations are alive at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from wanda_export.calibrate.stats import ChannelStats, collecting, empty_stats
+from wanda_export.model.layers import Target, find_decoder_layers
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once layer 0 has been reached."""
+
+
+def _capture_layer0_inputs(
+    model: nn.Module, layer0: nn.Module, windows: torch.Tensor, batch_size: int
+) -> list[tuple[tuple, dict]]:
+    """Run the model up to layer 0 for each batch; return its (args, kwargs) per batch."""
+    captured: list[tuple[tuple, dict]] = []
+    device = next(model.parameters()).device
+
+    def hook(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, windows.shape[0], batch_size):
+            try:
+                model(input_ids=windows[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _output_hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.inference_mode()
+def calibrate_sequential(
+    model: nn.Module,
+    windows: torch.Tensor,
+    targets: list[Target],
+    prune_layer: Callable[[int, dict[str, ChannelStats]], None],
+    batch_size: int = 8,
+    on_layer: Callable[[int], None] | None = None,
+) -> dict[str, ChannelStats]:
+    """Calibrate layer by layer; `prune_layer(index, stats_of_that_layer)` prunes it in place.
+
+    Returns the statistics of every target as seen by the (already pruned) upstream layers.
+    """
+    outside = [t.name for t in targets if t.layer_index is None]
+    if outside:
+        raise ValueError(
+            f"sequential calibration only reaches decoder layers; {outside} need mode 'dense'"
+        )
+    _, layers = find_decoder_layers(model)
+    batches = _capture_layer0_inputs(model, layers[0], windows, batch_size)
+    all_stats: dict[str, ChannelStats] = {}
+    for index, layer in enumerate(layers):
+        layer_targets = [t for t in targets if t.layer_index == index]
+        stats = empty_stats(layer_targets)
+        if layer_targets:
+            with collecting(layer_targets, stats):
+                for args, kwargs in batches:
+                    layer(*args, **kwargs)
+            prune_layer(index, stats)
+            all_stats.update(stats)
+        batches = [
+            _with_hidden(args, kwargs, _output_hidden(layer(*args, **kwargs)))
+            for args, kwargs in batches
+        ]
+        if on_layer:
+            on_layer(index)
+    return all_stats

@@ -1,0 +1,118 @@
+"""The offline default corpus: docstrings of the Python standard library.
+
+Every Python install ships the standard library's source, so its docstrings are English prose
+available without a network or third-party text. Files are parsed with `ast` (never imported or
+executed), and each module's text goes entirely to either the calibration or the held-out
+evaluation split, chosen by a hash of its dotted name, so the two splits never share a module.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.machinery
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+from typing import Literal
+
+Split = Literal["calibration", "evaluation"]
+
+SPLITS: tuple[Split, ...] = ("calibration", "evaluation")
+EVALUATION_MODULUS = 4
+_SKIPPED_TOP_LEVEL = frozenset({"test", "idlelib", "__main__"})
+_SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages"})
+_JOIN = "\n\n"
+
+
+def split_of(module: str) -> Split:
+    """Return the split a dotted module name belongs to; stable across runs and machines."""
+    digest = int(hashlib.sha256(module.encode("utf-8")).hexdigest(), 16)
+    return "evaluation" if digest % EVALUATION_MODULUS == 0 else "calibration"
+
+
+def _stdlib_dir() -> Path:
+    """The directory holding the standard library's pure-Python sources (never a venv's)."""
+    return Path(sysconfig.get_path("stdlib"))
+
+
+def _skipped(path: Path, root: Path) -> bool:
+    return any(part in _SKIPPED_DIRS for part in path.relative_to(root).parts)
+
+
+def _module_files(name: str, stdlib: Path) -> list[tuple[str, Path]]:
+    """The (dotted name, source file) pairs of one top-level stdlib module or package.
+
+    `PathFinder.find_spec` with an explicit search path locates the source without importing
+    anything and also finds the sources of modules the interpreter runs frozen (os, codecs).
+    """
+    spec = importlib.machinery.PathFinder.find_spec(name, [str(stdlib)])
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return []
+    origin = Path(spec.origin)
+    if not spec.submodule_search_locations:
+        return [(name, origin)]
+    root = origin.parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if _skipped(path, root):
+            continue
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found.append((".".join([name, *parts]), path))
+    return found
+
+
+def _docstrings(path: Path) -> list[str]:
+    """Module, class and function docstrings of one source file, in `ast.walk` order."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return []
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    texts = []
+    for node in ast.walk(tree):
+        if isinstance(node, kinds):
+            doc = ast.get_docstring(node, clean=True)
+            if doc and doc.strip():
+                texts.append(doc.strip())
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus() -> tuple[tuple[str, Split, tuple[str, ...]], ...]:
+    """(module, split, docstrings) for every stdlib source file that has docstrings."""
+    stdlib = _stdlib_dir()
+    files: dict[str, Path] = {}
+    for name in sorted(sys.stdlib_module_names):
+        if name not in _SKIPPED_TOP_LEVEL:
+            files.update(_module_files(name, stdlib))
+    corpus = []
+    for module, path in sorted(files.items(), key=lambda item: item[1].relative_to(stdlib).parts):
+        docs = _docstrings(path)
+        if docs:
+            corpus.append((module, split_of(module), tuple(docs)))
+    return tuple(corpus)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+@functools.lru_cache(maxsize=2)
+def builtin_text(split: Split) -> str:
+    """The stdlib docstrings of one split joined with blank lines: a deterministic offline corpus."""
+    _check_split(split)
+    return _JOIN.join(doc for _, side, docs in _corpus() if side == split for doc in docs)
+
+
+def builtin_modules(split: Split) -> list[str]:
+    """The dotted names of the modules whose docstrings make up `split`, sorted."""
+    _check_split(split)
+    return sorted(module for module, side, _ in _corpus() if side == split)

@@ -1,0 +1,52 @@
+"""Pruning scores as pure tensor functions: higher score = more important = kept.
+
+Every function takes the weight in the [out, in] layout (rows are outputs, columns the input /
+reduction dimension K) and returns a float32 score tensor of the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+# Scores are computed and compared in float32 whatever the model's dtype: fp16 |W|·‖X‖ products
+# overflow for large activations and lose the ordering between near-equal scores.
+SCORE_DTYPE = torch.float32
+
+
+def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
+    """|W|: the classic magnitude-pruning baseline."""
+    return weight.detach().to(SCORE_DTYPE).abs()
+
+
+def wanda_scores(weight: torch.Tensor, input_sumsq: torch.Tensor) -> torch.Tensor:
+    """Wanda: |W_ij| * ||X_j||_2, where ||X_j||_2 = sqrt(sum over tokens of x_j^2).
+
+    `input_sumsq` is the per-input-channel sum of squares of the layer's input, shape [in].
+    """
+    if input_sumsq.ndim != 1 or input_sumsq.shape[0] != weight.shape[1]:
+        raise ValueError(
+            f"activation statistics have shape {tuple(input_sumsq.shape)}, "
+            f"expected [{weight.shape[1]}] for a weight of shape {tuple(weight.shape)}"
+        )
+    norms = input_sumsq.to(device=weight.device, dtype=SCORE_DTYPE).clamp_min(0).sqrt()
+    return magnitude_scores(weight).mul_(norms.unsqueeze(0))  # (out, in) * (1, in)
+
+
+SCORERS: dict[str, Callable[..., torch.Tensor]] = {
+    "wanda": wanda_scores,
+    "magnitude": magnitude_scores,
+}
+METHODS_NEEDING_ACTIVATIONS = frozenset({"wanda"})
+
+
+def compute_scores(method: str, weight: torch.Tensor, input_sumsq: torch.Tensor | None) -> torch.Tensor:
+    """Dispatch to the scorer named `method` ("wanda" or "magnitude")."""
+    if method not in SCORERS:
+        raise ValueError(f"unknown scoring method {method!r}; choose one of {sorted(SCORERS)}")
+    if method in METHODS_NEEDING_ACTIVATIONS:
+        if input_sumsq is None:
+            raise ValueError(f"method {method!r} needs activation statistics")
+        return SCORERS[method](weight, input_sumsq)
+    return SCORERS[method](weight)
