@@ -23,16 +23,21 @@ from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, SCORERS, co
 from wanda_export.sparsity.verify import SparsityReport, verify_layer
 
 MODES = ("sequential", "dense")
+DEFAULT_GROUP = {"wanda": "row", "magnitude": "layer"}
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """What to prune and how. `pattern` is "unstructured" or "N:M" (N kept in every M along K)."""
+    """What to prune and how. `pattern` is "unstructured" or "N:M" (N kept in every M along K).
+
+    `group` is the comparison group of unstructured masks; None takes the papers' choice per
+    method: per output row for Wanda, the whole layer for magnitude.
+    """
 
     method: str = "wanda"
     sparsity: float = 0.5
     pattern: str = "unstructured"
-    group: str = "row"
+    group: str | None = None
     mode: str = "sequential"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -41,7 +46,7 @@ class PruneSpec:
     def __post_init__(self) -> None:
         if self.method not in SCORERS:
             raise ValueError(f"method {self.method!r} is not one of {sorted(SCORERS)}")
-        if self.group not in GROUPS:
+        if self.group is not None and self.group not in GROUPS:
             raise ValueError(f"group {self.group!r} is not one of {list(GROUPS)}")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
@@ -52,6 +57,10 @@ class PruneSpec:
     @property
     def parsed_pattern(self) -> Pattern:
         return parse_pattern(self.pattern)
+
+    @property
+    def comparison_group(self) -> str:
+        return self.group or DEFAULT_GROUP[self.method]
 
     @property
     def needs_calibration(self) -> bool:
@@ -95,7 +104,7 @@ def prune_targets(
         weight = weight_out_in(target.module)
         sumsq = stats[target.name].sumsq if stats is not None and spec.needs_calibration else None
         scores = compute_scores(spec.method, weight, sumsq)
-        apply_mask_(weight, build_mask(scores, spec.sparsity, pattern, spec.group))
+        apply_mask_(weight, build_mask(scores, spec.sparsity, pattern, spec.comparison_group))
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
