@@ -1,0 +1,107 @@
+"""Cache keys: the only place where the identity of a cached artifact is decided.
+
+A key is the sha256 of the canonical JSON of an explicit record (sorted keys, no whitespace), so
+it is stable across processes, Python versions and machines, and every input to it is visible in
+one dict. Never build a key with an f-string or from ``repr``.
+
+What the calibration key DELIBERATELY LEAVES OUT, and why:
+
+- device: statistics are device-independent up to float rounding; a miss is not worth it.
+- batch size: it changes only the float32 summation order, not what is summed.
+- evaluation settings (perplexity data, gates, generation checks): they run after calibration.
+- output dir: where the artifact is written has no effect on the statistics.
+- progress / logging / verbosity flags: presentation only.
+- the mask sparsity and pattern in dense mode: dense statistics come from the unpruned model and
+  serve any sparsity or pattern, so ``plan_digest`` is forced to None in the record there.
+- the model path string: the weight fingerprint identifies the weights, so a moved or renamed
+  checkpoint directory still hits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Bump whenever the meaning of the collected statistics changes (what is summed, its dtype, which
+# inputs are hooked), so that entries written by older code stop matching.
+COLLECTOR_VERSION = 1
+
+CALIBRATION_SCHEMA = "calibration-stats"
+PLAN_SCHEMA = "prune-plan"
+MODES = ("sequential", "dense")
+
+
+def canonical_json(record: dict[str, Any]) -> str:
+    """Serialise a record deterministically: sorted keys, no whitespace, JSON types only."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def digest_of(record: dict[str, Any]) -> str:
+    """Return the hex sha256 of a record's canonical JSON: the generic way to make a cache key."""
+    return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
+
+
+def plan_digest(method: str, sparsity: float, pattern: str, group: str) -> str:
+    """Digest of how layers are pruned, for sequential-mode keys.
+
+    In sequential mode the statistics of layer i are taken after layers < i were pruned, so they
+    depend on the pruning method, sparsity, pattern (e.g. "unstructured", "2:4") and comparison
+    group. ``sparsity`` is normalised to float so 1 and 1.0 give the same digest.
+    """
+    return digest_of(
+        {
+            "schema": PLAN_SCHEMA,
+            "method": method,
+            "sparsity": float(sparsity),
+            "pattern": pattern,
+            "group": group,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationKey:
+    """Everything the activation statistics of a calibration run depend on.
+
+    ``targets`` is order-insensitive (sorted in the record). ``plan_digest`` counts only in
+    sequential mode; in dense mode it is ignored so any sparsity or pattern reuses the entry.
+    """
+
+    model_fingerprint: str
+    calibration_digest: str
+    nsamples: int
+    seqlen: int
+    seed: int
+    dtype: str
+    mode: str
+    targets: tuple[str, ...]
+    collector_version: int = COLLECTOR_VERSION
+    plan_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject unknown modes and store ``targets`` as a tuple whatever sequence was passed."""
+        if self.mode not in MODES:
+            raise ValueError(f"calibration mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    def record(self) -> dict[str, Any]:
+        """Return the explicit record the key is the digest of (also stored in the manifest)."""
+        return {
+            "schema": CALIBRATION_SCHEMA,
+            "model_fingerprint": self.model_fingerprint,
+            "calibration_digest": self.calibration_digest,
+            "nsamples": int(self.nsamples),
+            "seqlen": int(self.seqlen),
+            "seed": int(self.seed),
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "targets": sorted(set(self.targets)),
+            "collector_version": int(self.collector_version),
+            "plan_digest": self.plan_digest if self.mode == "sequential" else None,
+        }
+
+    def digest(self) -> str:
+        """Return the cache key: the sha256 of the record's canonical JSON."""
+        return digest_of(self.record())

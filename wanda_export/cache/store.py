@@ -1,0 +1,462 @@
+"""A content cache of tensor dicts on disk: atomic, locked, checksummed, safe across processes.
+
+Layout under the root (default ``cache_root()``)::
+
+    <kind>/<key>.lock                     filelock serialising writers of one key
+    <kind>/<key[:2]>/<key>/               a published entry
+        tensors.safetensors               the tensors (safetensors, never pickle)
+        manifest.json                     kind, key, record, sha256, bytes, ... (written last)
+    <kind>/<key[:2]>/.<key>.tmp-XXXX/     a write in progress, or left by a killed writer
+    <kind>/<key[:2]>/.<key>.trash-XXXX/   an entry being removed
+
+An entry becomes visible only through one ``os.replace`` of a complete, fsynced directory, and
+published entries are never modified, only removed (renamed away, then deleted). Readers verify
+the manifest and the checksum of the tensors, so a corrupt entry is reported and treated as a
+miss instead of being loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from wanda_export.errors import EnvironmentProblem
+from wanda_export.model.default import cache_root
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "tensors.safetensors"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_LOCK_TIMEOUT = 3600.0
+STALE_AFTER_SECONDS = 3600.0
+
+_KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_KEY = re.compile(r"[0-9a-f]{64}")
+_TEMP_MARKERS = (".tmp-", ".trash-")
+
+log = logging.getLogger("wanda_export.cache")
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CacheEntryInfo:
+    """One published entry, as listed by ``cache ls``."""
+
+    kind: str
+    key: str
+    path: Path
+    bytes: int
+    created: datetime | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class CacheStore:
+    """Tensor-dict entries addressed by (kind, key), shared safely by concurrent processes."""
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        stale_after: float = STALE_AFTER_SECONDS,
+    ) -> None:
+        """Open the store at ``root`` (default: ``cache_root()``); nothing is created yet.
+
+        ``lock_timeout`` bounds how long a writer waits for another process computing the same
+        key; ``stale_after`` is the age after which a leftover temp dir is assumed abandoned.
+        """
+        self.root = Path(root) if root is not None else cache_root()
+        self.lock_timeout = lock_timeout
+        self.stale_after = stale_after
+
+    def entry_dir(self, kind: str, key: str) -> Path:
+        """Return where the entry (kind, key) lives once published."""
+        _check_name(kind, key)
+        return self.root / kind / key[:2] / key
+
+    def lock_path(self, kind: str, key: str) -> Path:
+        """Return the lock file that serialises writers of (kind, key)."""
+        _check_name(kind, key)
+        return self.root / kind / f"{key}.lock"
+
+    def get(self, kind: str, key: str) -> Tensors | None:
+        """Return the entry's tensors (on CPU), or None on a miss.
+
+        The manifest and the sha256 of the tensors are verified before anything is deserialised;
+        a corrupt or mismatched entry is logged as a warning, removed and reported as a miss, so
+        the caller simply recomputes.
+        """
+        entry = self.entry_dir(kind, key)
+        tensors, problem = _read_entry(entry, kind, key)
+        if problem is not None:
+            log.warning("discarding cache entry %s/%s at %s: %s", kind, key, entry, problem)
+            _discard(entry)
+        return tensors
+
+    def put(
+        self,
+        kind: str,
+        key: str,
+        tensors: Tensors,
+        record: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Store ``tensors`` under (kind, key) atomically and return the entry directory.
+
+        Takes the key's lock so writers of one key never interleave. If a valid entry is already
+        there (another process won), it is kept and this write is dropped.
+        """
+        with self._locked(kind, key):
+            return self._publish(kind, key, tensors, record, metadata)
+
+    def get_or_compute(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], Tensors],
+        record: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[Tensors, bool]:
+        """Return (tensors, hit): the cached entry, or ``compute()``'s result after storing it.
+
+        On a miss the key's lock is taken and the cache checked again, so when several processes
+        miss at once exactly one computes and the others load its entry. On a miss the tensors
+        ``compute`` returned are handed back as they are (same device); on a hit they are on CPU.
+        """
+        cached = self.get(kind, key)
+        if cached is not None:
+            return cached, True
+        with self._locked(kind, key):
+            cached = self.get(kind, key)
+            if cached is not None:
+                return cached, True
+            tensors = compute()
+            self._publish(kind, key, tensors, record, metadata)
+            return tensors, False
+
+    def entries(self) -> list[CacheEntryInfo]:
+        """List published entries with a readable manifest, sorted by (kind, key).
+
+        Read-only: temp dirs are skipped, and entries whose manifest cannot be read are skipped
+        with a warning (``get`` or ``clear`` removes them). Checksums are not verified here.
+        """
+        found: list[CacheEntryInfo] = []
+        for kind, key, entry in self._entry_dirs(None):
+            info = _entry_info(entry, kind, key)
+            if info is None and entry.is_dir():
+                log.warning("cache entry %s/%s at %s has an unreadable manifest", kind, key, entry)
+            else:
+                found.append(info)
+        return sorted(found, key=lambda info: (info.kind, info.key))
+
+    def clear(self, kind: str | None = None) -> int:
+        """Remove every entry (of ``kind``, or of all kinds) and return how many were removed.
+
+        Corrupt entries are removed and counted too. Temp dirs are removed when abandoned: older
+        than ``stale_after``, or with no process holding their key's lock, so a write in progress
+        in another process is never broken. Lock files stay (deleting a held one is unsafe).
+        """
+        if kind is not None:
+            _check_kind(kind)
+        removed = 0
+        for _kind, _key, entry in self._entry_dirs(kind):
+            if _discard(entry):
+                removed += 1
+        for kind_dir in self._kind_dirs(kind):
+            for bucket in _subdirs(kind_dir):
+                self._sweep(kind_dir.name, bucket, only_key=None)
+        return removed
+
+    def _publish(
+        self,
+        kind: str,
+        key: str,
+        tensors: Tensors,
+        record: dict[str, Any],
+        metadata: dict[str, Any] | None,
+    ) -> Path:
+        """Write and publish an entry; the caller must hold the key's lock."""
+        final = self.entry_dir(kind, key)
+        bucket = final.parent
+        bucket.mkdir(parents=True, exist_ok=True)
+        self._sweep(kind, bucket, only_key=key)
+        if final.exists():
+            existing, problem = _read_entry(final, kind, key)
+            if existing is not None:
+                return final
+            log.warning("replacing cache entry %s/%s at %s: %s", kind, key, final, problem)
+            _discard(final)
+        data = save_safetensors(
+            {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        )
+        manifest = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "key": key,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "record": record,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "tensor_count": len(tensors),
+            "metadata": dict(metadata or {}),
+        }
+        manifest_text = json.dumps(manifest, sort_keys=True, indent=2)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=bucket))
+        try:
+            staging.chmod(0o755)  # mkdtemp makes it private; a published entry is a normal dir
+            _write_bytes(staging / TENSORS_FILE, data)
+            _write_bytes(staging / MANIFEST_FILE, manifest_text.encode("utf-8"))
+            _fsync_dir(staging)
+            try:
+                os.replace(staging, final)
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
+                return final
+            _fsync_dir(bucket)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return final
+
+    def _locked(self, kind: str, key: str) -> _KeyLock:
+        """Return a context manager holding the key's lock, mapping a timeout to a clear error."""
+        path = self.lock_path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _KeyLock(path, self.lock_timeout)
+
+    def _sweep(self, kind: str, bucket: Path, only_key: str | None) -> None:
+        """Remove abandoned temp dirs in a bucket.
+
+        With ``only_key`` (caller holds that key's lock) every temp dir of that key is abandoned;
+        other temp dirs are removed when older than ``stale_after`` or, without ``only_key``,
+        when their key's lock can be taken at once (no writer alive).
+        """
+        now = time.time()
+        for path in _subdirs(bucket, hidden=True):
+            temp_key = _temp_dir_key(path.name)
+            if temp_key is None:
+                continue
+            if temp_key == only_key or _age(path, now) > self.stale_after:
+                shutil.rmtree(path, ignore_errors=True)
+            elif only_key is None and _KEY.fullmatch(temp_key):
+                lock = FileLock(str(self.root / kind / f"{temp_key}.lock"), timeout=0)
+                try:
+                    with lock:
+                        shutil.rmtree(path, ignore_errors=True)
+                except Timeout:
+                    continue
+
+    def _kind_dirs(self, kind: str | None) -> list[Path]:
+        """The per-kind directories that exist (all kinds, or just ``kind``)."""
+        if kind is not None:
+            return [self.root / kind] if (self.root / kind).is_dir() else []
+        return [path for path in _subdirs(self.root) if _KIND.fullmatch(path.name)]
+
+    def _entry_dirs(self, kind: str | None) -> list[tuple[str, str, Path]]:
+        """(kind, key, path) of every published entry directory, valid or not."""
+        found = []
+        for kind_dir in self._kind_dirs(kind):
+            for bucket in _subdirs(kind_dir):
+                for entry in _subdirs(bucket):
+                    if _KEY.fullmatch(entry.name):
+                        found.append((kind_dir.name, entry.name, entry))
+        return found
+
+
+class _KeyLock:
+    """A ``FileLock`` on one key whose timeout raises ``EnvironmentProblem`` with a hint."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.lock = FileLock(str(path), timeout=timeout)
+
+    def __enter__(self) -> Self:
+        try:
+            self.lock.acquire()
+        except Timeout as error:
+            raise EnvironmentProblem(
+                f"timed out after {self.timeout:g}s waiting for the cache lock {self.path}",
+                hint="another wanda-export process is computing the same entry; wait for it, "
+                "or point WANDA_EXPORT_CACHE at another directory",
+            ) from error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _check_kind(kind: str) -> None:
+    """Reject kinds that are not simple lowercase names (they become directory names)."""
+    if not _KIND.fullmatch(kind):
+        raise ValueError(f"cache kind must match {_KIND.pattern}, got {kind!r}")
+
+
+def _check_name(kind: str, key: str) -> None:
+    """Reject malformed kinds and keys; keys come from ``wanda_export.cache.keys`` (sha256 hex)."""
+    _check_kind(kind)
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"cache key must be a sha256 hex digest from cache.keys, got {key!r}")
+
+
+def _read_entry(entry: Path, kind: str, key: str) -> tuple[Tensors | None, str | None]:
+    """Load and verify an entry: (tensors, None), (None, None) on a miss, (None, why) if corrupt.
+
+    The tensors file is read once into memory and the checksum is verified on those very bytes
+    before safetensors parses them, so a concurrent removal cannot slip an unverified file in.
+    An entry that vanishes while being read (removed by another process) is a plain miss.
+    """
+    if not entry.is_dir():
+        return None, None
+    try:
+        manifest_text = (entry / MANIFEST_FILE).read_text(encoding="utf-8")
+        data = (entry / TENSORS_FILE).read_bytes()
+    except FileNotFoundError as error:
+        if not entry.is_dir():
+            return None, None
+        return None, f"missing file {Path(error.filename or '?').name}"
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"unreadable: {error}"
+    try:
+        manifest = json.loads(manifest_text)
+    except json.JSONDecodeError as error:
+        return None, f"manifest is not valid JSON ({error})"
+    problem = _manifest_problem(manifest, kind, key)
+    if problem is None and manifest["bytes"] != len(data):
+        problem = f"tensors file has {len(data)} bytes, manifest says {manifest['bytes']}"
+    if problem is None and hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        problem = "sha256 of the tensors file does not match the manifest"
+    if problem is not None:
+        return None, problem
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        return None, f"tensors file does not parse: {error}"
+    if len(tensors) != manifest["tensor_count"]:
+        return None, f"{len(tensors)} tensors, manifest says {manifest['tensor_count']}"
+    return tensors, None
+
+
+def _manifest_problem(manifest: Any, kind: str, key: str) -> str | None:
+    """Say what is wrong with a parsed manifest for (kind, key), or None if it is consistent."""
+    if not isinstance(manifest, dict):
+        return "manifest is not a JSON object"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"manifest format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
+    if manifest.get("kind") != kind or manifest.get("key") != key:
+        return f"manifest is for {manifest.get('kind')!r}/{manifest.get('key')!r}"
+    if not isinstance(manifest.get("sha256"), str):
+        return "manifest has no sha256"
+    for name in ("bytes", "tensor_count"):
+        if not isinstance(manifest.get(name), int):
+            return f"manifest has no integer {name!r}"
+    return None
+
+
+def _entry_info(entry: Path, kind: str, key: str) -> CacheEntryInfo | None:
+    """Describe an entry from its manifest, or None if the manifest is unreadable or mismatched."""
+    try:
+        manifest = json.loads((entry / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if _manifest_problem(manifest, kind, key) is not None:
+        return None
+    try:
+        created: datetime | None = datetime.fromisoformat(manifest.get("created"))
+    except (TypeError, ValueError):
+        created = None
+    metadata = manifest.get("metadata")
+    try:
+        size = sum(path.stat().st_size for path in entry.iterdir() if path.is_file())
+    except OSError:
+        return None
+    return CacheEntryInfo(
+        kind=kind,
+        key=key,
+        path=entry,
+        bytes=size,
+        created=created,
+        metadata=metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def _discard(entry: Path) -> bool:
+    """Remove an entry: rename it away first (one atomic step), then delete it.
+
+    Returns whether this call removed it (False if it was already gone).
+    """
+    trash = entry.parent / f".{entry.name}.trash-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(entry, trash)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a new file and fsync it, so it is on disk before the entry is published."""
+    with path.open("xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Fsync a directory so the names created or renamed in it survive a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _subdirs(directory: Path, hidden: bool = False) -> list[Path]:
+    """Subdirectories of ``directory`` (hidden ones only if asked), [] if it does not exist."""
+    try:
+        children = list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        child
+        for child in children
+        if child.name.startswith(".") == hidden and child.is_dir() and not child.is_symlink()
+    )
+
+
+def _temp_dir_key(name: str) -> str | None:
+    """The key a temp or trash dir name (``.<key>.tmp-XXXX``) belongs to, else None."""
+    if not name.startswith("."):
+        return None
+    for marker in _TEMP_MARKERS:
+        if marker in name:
+            return name[1:].split(marker, 1)[0]
+    return None
+
+
+def _age(path: Path, now: float) -> float:
+    """Seconds since ``path`` was last modified (0 if it vanished meanwhile)."""
+    try:
+        return now - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -1,0 +1,312 @@
+"""Reading a pipeline YAML file into a `PipelineConfig`, reporting every mistake with its position.
+
+The YAML is composed into nodes with the safe loader (never constructing Python objects) so each
+value keeps its line and column. Duplicate keys, validation errors, cross-stage rules and data
+paths that match no file are all collected first, then raised as one `ConfigError` of the form
+
+    pipeline.yaml: 2 errors in the pipeline file
+    pipeline.yaml:4:10: model -> dtype: Input should be 'float32', ... got the string 'int8'
+    pipeline.yaml:9:20: stages -> mask -> sparsity: Input should be less than 1, got 1.2
+
+with the same problems attached as `error.problems` (dicts with path, line, column, message).
+As in pydantic, the rules spanning several keys of a mapping are checked once that mapping's
+own keys are valid, so a file with type errors reports those first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from wanda_export.config.models import (
+    CONFIG_ERROR,
+    RULES_ERROR,
+    Loc,
+    ModelConfig,
+    PipelineConfig,
+    describe_value,
+    resolve_data_path,
+    unknown_key_message,
+)
+from wanda_export.errors import ConfigError
+
+_MAX_DEPTH = 64
+_PLAIN_MESSAGES = {
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+}
+
+
+@dataclass
+class Locations:
+    """1-based (line, column) of every YAML node, by its path of keys and list indices.
+
+    `values` holds where each value starts, `keys` where the key naming it starts.
+    """
+
+    values: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+    keys: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+
+    def find(self, loc: Loc, *, at_key: bool = False) -> tuple[int, int] | None:
+        """The position of `loc`; of its key if `at_key`; of the nearest existing parent's key
+        when `loc` itself is not in the file (a missing key)."""
+        path = tuple(str(part) for part in loc)
+        if path in self.values:
+            return self.keys.get(path, self.values[path]) if at_key else self.values[path]
+        while path:
+            path = path[:-1]
+            if path in self.values:
+                return self.keys.get(path, self.values[path])
+        return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reported mistake; `loc` is a path of YAML keys and indices."""
+
+    loc: Loc
+    message: str
+    at_key: bool = False
+    position: tuple[int, int] | None = None
+
+
+def render_path(loc: Loc) -> str:
+    """`stages -> mask -> sparsity`: list indices of stage items are left out when a stage
+    name follows (each stage appears once), other indices are kept as numbers."""
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (isinstance(part, int) and i > 0 and loc[i - 1] == "stages" and i + 1 < len(loc))
+    ]
+    return " -> ".join(parts)
+
+
+def config_error(
+    source: str, problems: list[Problem], locations: Locations | None = None
+) -> ConfigError:
+    """One ConfigError listing every problem as `SOURCE:LINE:COL: path: message`, sorted by
+    position, with a count on the first line and the structured list as `.problems`."""
+    rows = []
+    for item in problems:
+        position = item.position
+        if position is None and locations is not None:
+            position = locations.find(item.loc, at_key=item.at_key)
+        line, column = position if position else (None, None)
+        rows.append(
+            {
+                "path": render_path(item.loc),
+                "line": line,
+                "column": column,
+                "message": item.message,
+            }
+        )
+    rows.sort(key=lambda row: (row["line"] or 0, row["column"] or 0))
+    count = f"{len(rows)} error{'s' if len(rows) != 1 else ''}"
+    lines = [f"{source}: {count} in the pipeline file"]
+    for row in rows:
+        where = f"{source}:{row['line']}:{row['column']}" if row["line"] else source
+        what = f"{row['path']}: {row['message']}" if row["path"] else row["message"]
+        lines.append(f"{where}: {what}")
+    error = ConfigError("\n".join(lines))
+    error.problems = rows  # type: ignore[attr-defined]
+    return error
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate the pipeline file at `path`; relative paths in it are relative to its
+    folder. Raises ConfigError (exit code 2) listing every problem found."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise config_error(str(file), [Problem((), "no such pipeline file")]) from None
+    except IsADirectoryError:
+        raise config_error(
+            str(file), [Problem((), "is a directory, not a pipeline file")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise config_error(str(file), [Problem((), message)]) from None
+    except OSError as exc:
+        message = f"cannot read the pipeline file: {exc.strerror or exc}"
+        raise config_error(str(file), [Problem((), message)]) from None
+    return parse_config(text, source=str(file), base_dir=file.resolve().parent)
+
+
+def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> PipelineConfig:
+    """Validate pipeline YAML `text`; `source` names it in messages, `base_dir` anchors its
+    relative paths. Every problem is collected before one ConfigError is raised."""
+    node, data, problems, locations = _read_yaml(text, source)
+    if node is None:
+        raise config_error(source, [Problem((), "the pipeline file is empty")])
+    if not isinstance(data, dict):
+        message = (
+            "the top level must be a mapping with version, model, data, stages, gates; "
+            f"got a {type(data).__name__}"
+        )
+        raise config_error(source, [Problem((), message)], locations)
+    problems += _path_problems(data, Path(base_dir))
+    config = None
+    try:
+        config = PipelineConfig.model_validate(
+            data, context={"base_dir": Path(base_dir), "source": source}
+        )
+    except ValidationError as error:
+        problems += validation_problems(error)
+    if problems or config is None:
+        raise config_error(source, problems, locations)
+    config._locations = locations
+    return config
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, Any, list[Problem], Locations]:
+    """Compose and construct the YAML safely; return the root node, the data, the duplicate
+    key problems and the node positions. A syntax error raises at once."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        locations, problems = Locations(), []
+        if node is not None:
+            _index_nodes(node, (), None, locations, problems)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(source, exc) from None
+    except yaml.YAMLError as exc:
+        raise config_error(source, [Problem((), f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return node, data, problems, locations
+
+
+def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ConfigError:
+    """A YAML error at the line and column of its problem mark."""
+    message = f"invalid YAML: {exc.problem or exc.context or 'syntax error'}"
+    if exc.problem and exc.context:
+        message += f" ({exc.context})"
+    mark = exc.problem_mark or exc.context_mark
+    locations = Locations()
+    if mark is not None:
+        locations.values[()] = (mark.line + 1, mark.column + 1)
+    return config_error(source, [Problem((), message)], locations)
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _index_nodes(
+    node: yaml.Node,
+    path: tuple[str, ...],
+    key: yaml.Node | None,
+    locations: Locations,
+    problems: list[Problem],
+) -> None:
+    """Record each node's position by path, and report keys repeated within one mapping."""
+    if path in locations.values or len(path) > _MAX_DEPTH:
+        return  # a repeated key, or a recursive alias
+    locations.values[path] = _position(node)
+    if key is not None:
+        locations.keys[path] = _position(key)
+    if isinstance(node, yaml.MappingNode):
+        first_seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            name = key_node.value
+            if name in first_seen:
+                line = first_seen[name].start_mark.line + 1
+                problems.append(
+                    Problem(
+                        (*path, name),
+                        f"duplicate key {name!r} (first at line {line})",
+                        position=_position(key_node),
+                    )
+                )
+                continue
+            first_seen[name] = key_node
+            _index_nodes(value_node, (*path, name), key_node, locations, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_nodes(item, (*path, str(index)), None, locations, problems)
+
+
+def validation_problems(error: ValidationError) -> list[Problem]:
+    """Turn every pydantic error into a Problem at its YAML path, with a readable message."""
+    problems = []
+    for item in error.errors(include_url=False):
+        loc, kind = tuple(item["loc"]), item["type"]
+        if kind == RULES_ERROR:
+            problems += [
+                Problem((*loc, *p["loc"]), p["message"], p["at_key"])
+                for p in item["ctx"]["problems"]
+            ]
+        elif kind == "extra_forbidden":
+            problems.append(Problem(loc, unknown_key_message(loc), at_key=True))
+        elif kind == "missing":
+            problems.append(Problem(loc, "this required key is missing"))
+        elif kind == CONFIG_ERROR:
+            problems.append(Problem(loc, item["msg"]))
+        else:
+            message = _PLAIN_MESSAGES.get(kind, item["msg"].removeprefix("Value error, "))
+            problems.append(Problem(loc, f"{message}, got {describe_value(item['input'])}"))
+    return problems
+
+
+def _path_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
+    """Data paths that match no file, and model paths that name nothing, checked on the raw
+    data so they are reported together with the validation errors."""
+    problems = []
+    sections = data.get("data")
+    for section in ("calibration", "evaluation"):
+        fields = sections.get(section) if isinstance(sections, dict) else None
+        if not isinstance(fields, dict) or fields.get("source") not in ("text", "jsonl"):
+            continue
+        path = fields.get("path")
+        if isinstance(path, str) and path.strip():
+            resolved = resolve_data_path(path, base_dir)
+            if not data_path_matches(resolved):
+                problems.append(
+                    Problem(
+                        ("data", section, "path"),
+                        f"no file matches {path!r} (looked for {resolved})",
+                    )
+                )
+    model = data.get("model")
+    path = model.get("path") if isinstance(model, dict) else None
+    if isinstance(path, str) and path.strip():
+        message = model_path_problem(path, base_dir)
+        if message:
+            problems.append(Problem(("model", "path"), message))
+    return problems
+
+
+def data_path_matches(resolved: str) -> bool:
+    """Whether a resolved file, directory or glob names any file the text readers would read."""
+    from wanda_export.data.sources import _matching_files
+
+    try:
+        _matching_files(resolved)
+    except ConfigError:
+        return False
+    return True
+
+
+def model_path_problem(path: str, base_dir: Path) -> str | None:
+    """Why a model path names no checkpoint directory, .gguf file or hub id; None if it does."""
+    from wanda_export.model.loading import classify_path
+
+    try:
+        classify_path(ModelConfig(path=path).resolved_path(base_dir))
+    except ConfigError as error:
+        return f"{error.message} (relative paths are relative to {base_dir})"
+    return None
