@@ -105,3 +105,26 @@ class CalibrationKey:
     def digest(self) -> str:
         """Return the cache key: the sha256 of the record's canonical JSON."""
         return digest_of(self.record())
+
+
+DENSE_PERPLEXITY_SCHEMA = "dense-perplexity"
+
+
+def dense_perplexity_key(
+    model_fingerprint: str, evaluation_digest: str, seqlen: int, max_windows: int | None, dtype: str
+) -> str:
+    """Key of the unpruned model's perplexity on one evaluation set.
+
+    Left out: the evaluation batch size (float32 log-probabilities summed in float64, so only
+    rounding changes) and the device, for the same reasons as the calibration key.
+    """
+    return digest_of(
+        {
+            "schema": DENSE_PERPLEXITY_SCHEMA,
+            "model_fingerprint": model_fingerprint,
+            "evaluation_digest": evaluation_digest,
+            "seqlen": int(seqlen),
+            "max_windows": None if max_windows is None else int(max_windows),
+            "dtype": dtype,
+        }
+    )

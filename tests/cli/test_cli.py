@@ -1,0 +1,186 @@
+"""The wanda-export CLI: one test per exit code, outputs, cache reuse, determinism."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wanda_export.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_run_passes_and_writes_every_output(write_pipeline, workdir):
+    out = workdir / "out"
+    result = invoke("run", str(write_pipeline(pattern="2:4")), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed" and report["exit_code"] == 0
+    assert report["schema_version"] == 1 and report["config_digest"]
+    assert [s["name"] for s in report["stages"]] == [
+        "load", "evaluate-dense", "calibrate", "score", "mask", "verify", "evaluate", "export"]
+    assert report["sparsity"]["overall"] == pytest.approx(0.5)
+    assert all(layer["valid"] and layer["pattern"] == "2:4"
+               for layer in report["sparsity"]["layers"].values())
+    assert set(report["metrics"]["perplexity"]) >= {"dense", "pruned"}
+    assert {g["name"] for g in report["gates"]} >= {"sparsity.min", "sparsity.pattern",
+                                                     "perplexity.max_ratio_to_dense", "verify"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any(a["path"] == "model/model.safetensors" for a in manifest["artifacts"])
+    assert ET.parse(out / "junit.xml").getroot().find(".//testcase") is not None
+    assert "sparsity.min" in (out / "summary.md").read_text()
+    assert (out / "model" / "pruning.json").exists()
+    assert not list(workdir.glob(".out.partial-*"))
+
+
+def test_gate_failure_exits_3_with_junit_failure(write_pipeline, workdir):
+    out = workdir / "out"
+    result = invoke("run", str(write_pipeline(ppl_max=1.0)), "--out", str(out), "--quiet")
+    assert result.exit_code == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["exit_code"] == 3
+    failures = ET.parse(out / "junit.xml").getroot().findall(".//failure")
+    assert len(failures) == 1
+
+
+def test_bad_config_exits_2_naming_the_key(write_pipeline, workdir):
+    path = write_pipeline()
+    path.write_text(path.read_text().replace("sparsity: 0.5,", "sparsity: 1.2,"))
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert "stages -> mask -> sparsity" in result.output
+
+
+def test_validate_accepts_a_good_file(write_pipeline):
+    result = invoke("validate", str(write_pipeline()), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["valid"] is True
+
+
+def test_missing_gpu_exits_4(write_pipeline, workdir):
+    path = write_pipeline()
+    path.write_text(path.read_text().replace("device: cpu", "device: cuda"))
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = invoke("run", str(path), "--out", str(workdir / "out"), "--quiet")
+    assert result.exit_code == 4
+    assert not (workdir / "out").exists()
+
+
+def test_internal_error_exits_1_and_leaves_nothing(write_pipeline, workdir, monkeypatch):
+    from wanda_export.pipeline import stages
+
+    def broken(ctx):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(stages.STAGES, "verify", broken)
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
+    assert result.exit_code == 1
+    assert not (workdir / "out").exists() and not list(workdir.glob(".out.partial-*"))
+
+
+def test_interrupt_exits_130_and_keeps_the_previous_release(write_pipeline, workdir, monkeypatch):
+    out = workdir / "out"
+    assert invoke("run", str(write_pipeline()), "--out", str(out), "--quiet").exit_code == 0
+    before = (out / "manifest.json").read_text()
+    from wanda_export.pipeline import stages
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.STAGES, "export", interrupted)
+    result = invoke("run", str(write_pipeline(sparsity=0.6, gate_min=0.6)), "--out", str(out),
+                    "--quiet")
+    assert result.exit_code == 130
+    assert (out / "manifest.json").read_text() == before
+    assert not list(workdir.glob(".out.partial-*"))
+
+
+def test_dense_rerun_with_new_sparsity_hits_the_cache(write_pipeline, workdir, monkeypatch):
+    first = invoke("run", str(write_pipeline()), "--out", str(workdir / "a"), "--json", "--quiet")
+    assert first.exit_code == 0
+    from wanda_export.calibrate import dense
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("calibration forward pass on a cache hit")
+
+    monkeypatch.setattr(dense, "collect_dense", no_forward)
+    monkeypatch.setattr("wanda_export.pipeline.stages.collect_dense", no_forward)
+    second = invoke("run", str(write_pipeline(sparsity=0.75, gate_min=0.75)), "--out",
+                    str(workdir / "b"), "--json", "--quiet")
+    assert second.exit_code == 0, second.output
+    stages = {s["name"]: s for s in json.loads(second.stdout)["stages"]}
+    assert stages["calibrate"]["cache"] == "hit"
+    assert stages["evaluate-dense"]["cache"] == "hit"
+    assert json.loads(second.stdout)["sparsity"]["overall"] == pytest.approx(0.75)
+
+
+def test_sequential_hit_gives_the_same_weights_as_the_miss(write_pipeline, workdir):
+    path = write_pipeline(mode="sequential")
+    assert invoke("run", str(path), "--out", str(workdir / "a"), "--quiet").exit_code == 0
+    assert invoke("run", str(path), "--out", str(workdir / "b"), "--json", "--quiet").exit_code == 0
+    report = json.loads((workdir / "b" / "report.json").read_text())
+    assert {s["name"]: s["cache"] for s in report["stages"]}["calibrate"] == "hit"
+    assert (workdir / "a" / "manifest.json").read_text() == (workdir / "b" / "manifest.json").read_text()
+
+
+def test_same_inputs_give_byte_identical_artifacts(write_pipeline, workdir, monkeypatch, tmp_path):
+    path = write_pipeline(pattern="2:4")
+    assert invoke("run", str(path), "--out", str(workdir / "a"), "--quiet").exit_code == 0
+    monkeypatch.setenv("WANDA_EXPORT_CACHE", str(tmp_path / "other-cache"))  # recompute all
+    assert invoke("run", str(path), "--out", str(workdir / "b"), "--quiet").exit_code == 0
+    first = json.loads((workdir / "a" / "manifest.json").read_text())
+    second = json.loads((workdir / "b" / "manifest.json").read_text())
+    assert first == second and len(first["artifacts"]) > 3
+
+
+def test_plan_reports_cache_state(write_pipeline, workdir):
+    path = write_pipeline()
+    rows = json.loads(invoke("plan", str(path), "--json").stdout)["stages"]
+    assert {r["stage"]: r["cache"] for r in rows}["calibrate"] == "miss"
+    assert invoke("calibrate", str(path), "--out", str(workdir / "c"), "--quiet").exit_code == 0
+    rows = json.loads(invoke("plan", str(path), "--json").stdout)["stages"]
+    assert {r["stage"]: r["cache"] for r in rows}["calibrate"] == "hit"
+
+
+def test_stage_command_needs_that_stage(write_pipeline, workdir):
+    path = write_pipeline()
+    path.write_text(path.read_text().replace("  - export: {formats: [safetensors]}\n", ""))
+    result = invoke("export", str(path), "--out", str(workdir / "x"))
+    assert result.exit_code == 2 and "no 'export' stage" in result.output
+
+
+def test_cache_ls_and_clear(write_pipeline, workdir):
+    assert invoke("calibrate", str(write_pipeline()), "--out", str(workdir / "c"), "--quiet").exit_code == 0
+    rows = json.loads(invoke("cache", "ls", "--json").stdout)
+    assert {row["kind"] for row in rows} >= {"calibration"}
+    assert json.loads(invoke("cache", "clear", "--json").stdout)["removed"] == len(rows)
+    assert json.loads(invoke("cache", "ls", "--json").stdout) == []
+
+
+def test_exported_checkpoint_loads_with_transformers(write_pipeline, workdir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from wanda_export.export.safetensors import read_plan
+
+    out = workdir / "out"
+    assert invoke("run", str(write_pipeline(pattern="2:4")), "--out", str(out), "--quiet").exit_code == 0
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert (weight == 0).float().mean().item() == pytest.approx(0.5)
+    assert ((weight.reshape(-1, 4) != 0).sum(1) <= 2).all()
+    plan = read_plan(out / "model")
+    assert plan["pattern"] == "2:4" and plan["method"] == "wanda"
+    assert "sparsity_config" not in json.loads((out / "model" / "config.json").read_text())
+    assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()

@@ -1,0 +1,213 @@
+"""The `wanda-export` command line. The only place that turns exceptions into exit codes.
+
+Machine output (--json) goes to stdout; logs and progress bars go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from wanda_export import __version__
+from wanda_export.errors import (EXIT_ENVIRONMENT, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED,
+                                 ConfigError, WandaExportError)
+
+app = typer.Typer(
+    name="wanda-export",
+    help="Prune a Hugging Face causal LM with Wanda and ship verified sparse artifacts.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="Inspect or clear the activation-statistics cache.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+stderr = Console(stderr=True)
+log = logging.getLogger("wanda_export")
+
+FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (replaced on success).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+CacheOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Cache folder (default: $WANDA_EXPORT_CACHE or the user cache dir).")]
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=stderr, show_path=False)], force=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fail(code: int, message: str) -> None:
+    stderr.print(f"[bold red]error[/]: {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guarded(fn):
+    """Run `fn`, mapping every failure to its documented exit code."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except WandaExportError as error:
+        _fail(error.exit_code, str(error).replace("[", "\\["))
+    except KeyboardInterrupt:
+        _fail(EXIT_INTERRUPTED, "interrupted; nothing was written")
+    except MemoryError:
+        _fail(EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen")
+    except Exception as error:  # an unexpected failure is a bug: exit 1 with the traceback
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            _fail(EXIT_ENVIRONMENT, f"out of GPU memory: {error}")
+        log.exception("internal error")
+        _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+
+def _cache(cache_dir: Optional[Path]):
+    from wanda_export.cache.store import CacheStore
+
+    return CacheStore(cache_dir)
+
+
+def _emit(as_json: bool, payload, human: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        stderr.print(human, highlight=False)
+
+
+def _run(file: Path, out: Path, as_json: bool, quiet: bool, cache_dir, until: str | None) -> None:
+    _setup_logging(quiet)
+
+    def go():
+        from wanda_export.config import load_config
+        from wanda_export.pipeline.progress import NullProgress, RichProgress
+        from wanda_export.pipeline.runner import run_pipeline
+
+        config = load_config(file)
+        if until is not None and until not in config.stage_names():
+            raise ConfigError(f"the pipeline {file} has no '{until}' stage; it has: "
+                                f"{', '.join(config.stage_names())}")
+        progress = NullProgress() if quiet else RichProgress(stderr)
+        record = run_pipeline(config, out, cache=_cache(cache_dir), progress=progress,
+                              until=until)
+        failed = [gate for gate in record.gates if not gate.passed]
+        lines = [f"{'passed' if not failed else 'FAILED'}: outputs in {out}"]
+        lines += [f"  gate {g.name}: {'ok' if g.passed else 'FAILED'} "
+                  f"(value {g.value}, threshold {g.threshold}) {g.message}" for g in record.gates]
+        _emit(as_json, record.to_dict(), "\n".join(lines))
+        if failed:
+            raise typer.Exit(EXIT_GATE)
+
+    _guarded(go)
+
+
+@app.command()
+def run(file: FileArg, out: OutOpt = Path("wanda-out"), json_: JsonOpt = False,
+        quiet: QuietOpt = False, cache_dir: CacheOpt = None) -> None:
+    """Run every stage of FILE and write the release folder (exit 3 when a gate fails)."""
+    _run(file, out, json_, quiet, cache_dir, None)
+
+
+@app.command()
+def validate(file: FileArg, json_: JsonOpt = False) -> None:
+    """Check FILE (schema, paths, cross-stage rules) without loading a model."""
+    def go():
+        from wanda_export.config import check_against_model, load_config
+        from wanda_export.pipeline.runner import model_source
+
+        config = load_config(file)
+        source = config.model.resolved_path(config.base_dir)
+        if source is None or Path(source).exists():  # local model: layer rules from its config
+            check_against_model(config, model_source(config))
+        _emit(json_, {"valid": True, "file": str(file), "config_digest": config.digest(),
+                      "stages": config.stage_names()},
+              f"{file}: valid ({', '.join(config.stage_names())})")
+
+    _guarded(go)
+
+
+@app.command()
+def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
+    """List FILE's stages and whether each one's output is already in the cache."""
+    _setup_logging(True)
+
+    def go():
+        from wanda_export.config import load_config
+        from wanda_export.pipeline.plan import plan_pipeline
+        from wanda_export.pipeline.runner import model_source
+
+        config = load_config(file)
+        rows = plan_pipeline(config, _cache(cache_dir), model_source(config))
+        _emit(json_, {"file": str(file), "stages": rows},
+              "\n".join(f"{row['stage']:16s} cache: {row['cache']}" for row in rows))
+
+    _guarded(go)
+
+
+def _stage_command(stage: str, summary: str):
+    def command(file: FileArg, out: OutOpt = Path("wanda-out"), json_: JsonOpt = False,
+                quiet: QuietOpt = False, cache_dir: CacheOpt = None) -> None:
+        _run(file, out, json_, quiet, cache_dir, stage)
+
+    command.__doc__ = (f"{summary} Runs FILE's stages up to and including '{stage}' "
+                       "(earlier stages come from the cache when they can).")
+    app.command(name=stage)(command)
+
+
+for _stage, _summary in [
+    ("calibrate", "Collect activation statistics into the cache."),
+    ("score", "Score weights (Wanda |W|*||X|| or magnitude)."),
+    ("mask", "Prune to the configured sparsity and pattern."),
+    ("verify", "Check per-layer sparsity and the N:M pattern along K."),
+    ("evaluate", "Measure perplexity, dense and pruned."),
+    ("export", "Write the deployable artifacts."),
+]:
+    _stage_command(_stage, _summary)
+
+
+@cache_app.command("ls")
+def cache_ls(json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
+    """List cache entries."""
+    def go():
+        entries = _cache(cache_dir).entries()
+        rows = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "path": str(e.path),
+                 "created": e.created.isoformat() if e.created else None} for e in entries]
+        _emit(json_, rows, "\n".join(f"{r['kind']:12s} {r['key'][:16]}  {r['bytes']:>12,d} B  "
+                                     f"{r['created']}" for r in rows) or "cache is empty")
+
+    _guarded(go)
+
+
+@cache_app.command("clear")
+def cache_clear(kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
+                json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
+    """Remove cache entries."""
+    def go():
+        removed = _cache(cache_dir).clear(kind)
+        _emit(json_, {"removed": removed}, f"removed {removed} entries")
+
+    _guarded(go)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    sys.stdout.write(f"wanda-export {__version__}\n")
+
+
+

@@ -1,0 +1,64 @@
+"""Export a pruned model as a Hugging Face checkpoint directory of safetensors files.
+
+The directory loads with `AutoModelForCausalLM.from_pretrained`. The pruning plan is recorded in
+the safetensors header metadata (key `wanda_export.plan`) and in `pruning.json` beside it. No
+`sparsity_config` is written into config.json: vLLM refuses such checkpoints since 2026.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+PLAN_METADATA_KEY = "wanda_export.plan"
+
+
+def _canonical(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, sort_keys=True, separators=(",", ":"))
+
+
+def _stamp_plan(weights: Path, plan_json: str) -> None:
+    """Rewrite one safetensors file with the plan added to its header metadata (atomic)."""
+    with safe_open(weights, framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata[PLAN_METADATA_KEY] = plan_json
+    temporary = weights.with_name(weights.name + ".tmp")
+    save_file(tensors, temporary, metadata=metadata)
+    os.replace(temporary, weights)
+
+
+def export_checkpoint(model, tokenizer, directory: Path, plan: dict[str, Any]) -> list[Path]:
+    """Write model, tokenizer, generation config and pruning.json into `directory`.
+
+    Returns the written files, sorted. The caller owns atomicity of the directory as a whole
+    (the pipeline writes into a temporary output folder renamed into place at the end).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.pop("sparsity_config", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    plan_json = _canonical(plan)
+    for weights in sorted(directory.glob("*.safetensors")):
+        _stamp_plan(weights, plan_json)
+    (directory / "pruning.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+    return sorted(path for path in directory.rglob("*") if path.is_file())
+
+
+def read_plan(directory: Path) -> dict[str, Any] | None:
+    """The pruning plan stamped into the first safetensors file of a checkpoint, if any."""
+    for weights in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(weights, framework="pt") as handle:
+            value = (handle.metadata() or {}).get(PLAN_METADATA_KEY)
+        if value is not None:
+            return json.loads(value)
+    return None

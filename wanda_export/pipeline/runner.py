@@ -1,0 +1,155 @@
+"""Run a validated pipeline: stage order, timing, gates, and an all-or-nothing output folder.
+
+Outputs are written into a hidden sibling of `--out` and renamed into place only when the run
+completes (gates passed or failed); a crash or an interrupt removes the partial folder and
+leaves an existing `--out` untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from wanda_export import __version__
+from wanda_export.cache.store import CacheStore
+from wanda_export.config import PipelineConfig, check_against_model
+from wanda_export.errors import EXIT_GATE, EXIT_OK
+from wanda_export.model.loading import classify_path, load_model
+from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.progress import NullProgress
+from wanda_export.pipeline.stages import CHECKPOINT_DIR, STAGES, run_dense_baseline
+from wanda_export.report import (
+    collect_artifacts,
+    evaluate_gates,
+    plot_layer_sparsity,
+    write_junit,
+    write_manifest,
+    write_report_json,
+    write_summary_md,
+)
+from wanda_export.report.record import RunRecord, StageRecord
+
+log = logging.getLogger("wanda_export.pipeline")
+
+PARTIAL_MARK = ".partial-"
+ARTIFACT_DIRS = {CHECKPOINT_DIR: "safetensors-checkpoint", "charts": "png"}
+
+
+def model_source(config: PipelineConfig) -> str:
+    """Where the model comes from, for rule checks and planning (the default model dir if unset)."""
+    kind, source = classify_path(config.model.resolved_path(config.base_dir))
+    if kind == "default":
+        from wanda_export.model.default import default_model_dir
+
+        return str(default_model_dir())
+    return source
+
+
+def _timed(name: str, fn, ctx: RunContext) -> StageRecord:
+    log.info("stage %s", name)
+    start = time.perf_counter()
+    record = fn(ctx)
+    record.seconds = round(time.perf_counter() - start, 3)
+    ctx.record.stages.append(record)
+    log.info("stage %s: %s (cache %s) in %.1f s", name, record.status, record.cache, record.seconds)
+    return record
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Delete partial folders left by killed runs (their process is gone)."""
+    for partial in out_dir.parent.glob(f".{out_dir.name}{PARTIAL_MARK}*"):
+        pid = partial.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder to `out_dir`, replacing an older one."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_outputs(ctx: RunContext) -> None:
+    record, staging = ctx.record, ctx.staging
+    charts = {}
+    if record.sparsity:
+        chart = plot_layer_sparsity(record, staging / "charts" / "sparsity.png")
+        if chart is not None:
+            charts["per-layer sparsity"] = "charts/sparsity.png"
+    record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
+                                                   if (staging / d).is_dir()})
+    write_manifest(record.artifacts, staging / "manifest.json")
+    write_junit(record, staging / "junit.xml")
+    write_summary_md(record, staging / "summary.md", charts)
+    write_report_json(record, staging / "report.json")
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    out_dir: Path,
+    *,
+    cache: CacheStore | None = None,
+    progress: NullProgress | None = None,
+    until: str | None = None,
+) -> RunRecord:
+    """Run the pipeline's stages (up to and including `until`), evaluate the gates, write outputs.
+
+    Returns the run record; `record.exit_code` is 0 when every gate passed and 3 otherwise.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out_dir)
+    check_against_model(config, model_source(config))
+    names = config.stage_names()
+    if until is not None:
+        names = names[: names.index(until) + 1]
+    staging = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        record = RunRecord(tool_version=__version__, config_digest=config.digest())
+        start = time.perf_counter()
+        loaded = load_model(config.model.resolved_path(config.base_dir), dtype=config.model.dtype,
+                            device=config.model.device,
+                            trust_remote_code=config.model.trust_remote_code,
+                            allow_pickle=config.model.allow_pickle, revision=config.model.revision)
+        record.stages.append(StageRecord("load", seconds=round(time.perf_counter() - start, 3)))
+        record.model = {
+            "source": loaded.source, "kind": loaded.kind, "fingerprint": loaded.fingerprint,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+            "architecture": type(loaded.model).__name__,
+            "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        }
+        ctx = RunContext(config=config, cache=cache or CacheStore(), staging=staging,
+                         record=record, loaded=loaded, progress=progress or NullProgress())
+        spec = config.prune_spec()
+        if spec is not None:
+            record.plan = {"method": spec.method, "sparsity": spec.sparsity,
+                           "pattern": spec.pattern, "group": spec.comparison_group,
+                           "mode": spec.mode, "targets": len(ctx.targets)}
+        evaluate = config.stage("evaluate")
+        if "evaluate" in names and evaluate.perplexity and evaluate.dense_baseline:
+            _timed("evaluate-dense", run_dense_baseline, ctx)
+        for name in names:
+            if name == "evaluate" and not evaluate.perplexity:
+                continue
+            _timed(name, STAGES[name], ctx)
+        if until is None:  # a partial run (one stage command) measures too little to gate on
+            record.gates += evaluate_gates(config.gates, record)
+        failed = [gate for gate in record.gates if not gate.passed]
+        record.status = "failed" if failed else "passed"
+        record.exit_code = EXIT_GATE if failed else EXIT_OK
+        _write_outputs(ctx)
+        _publish(staging, out_dir)
+        return record
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

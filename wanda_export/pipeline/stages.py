@@ -1,0 +1,182 @@
+"""The pipeline stages and their registry. Each stage reads and fills the run context and
+returns its StageRecord (status, cache hit/miss, detail); the runner times it.
+
+Scores are computed inside the mask stage (scoring every weight is only worth it to mask it);
+the score stage records the method. In sequential mode a calibration miss prunes layer by layer
+while it calibrates (the paper's algorithm); the mask stage then re-applies the same masks from
+the statistics, which changes nothing, so a cache hit and a miss give identical weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from wanda_export.cache.keys import CalibrationKey, dense_perplexity_key, plan_digest
+from wanda_export.calibrate.dense import collect_dense
+from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
+from wanda_export.data.windows import token_digest
+from wanda_export.evaluate.perplexity import perplexity
+from wanda_export.export.safetensors import export_checkpoint
+from wanda_export.pipeline.context import RunContext
+from wanda_export.prune import prune_model, prune_targets, verify_targets
+from wanda_export.report.record import GateResult, StageRecord
+
+CHECKPOINT_DIR = "model"
+
+StageFn = Callable[[RunContext], StageRecord]
+
+
+def calibration_key(ctx: RunContext) -> CalibrationKey:
+    """The cache key of this run's activation statistics."""
+    spec, data = ctx.spec, ctx.config.data.calibration
+    return CalibrationKey(
+        model_fingerprint=ctx.loaded.fingerprint,
+        calibration_digest=token_digest(ctx.calibration_windows),
+        nsamples=data.nsamples,
+        seqlen=data.seqlen,
+        seed=data.seed,
+        dtype=ctx.config.model.dtype,
+        mode=spec.mode,
+        targets=tuple(target.name for target in ctx.targets),
+        plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern, spec.comparison_group),
+    )
+
+
+def run_calibrate(ctx: RunContext) -> StageRecord:
+    """Activation statistics of every target: from the cache, or by forward passes."""
+    spec = ctx.spec
+    if spec is None or not spec.needs_calibration:
+        return StageRecord("calibrate", status="skipped",
+                           detail={"reason": "the scoring method needs no activations"})
+    key = calibration_key(ctx)
+    windows = ctx.calibration_windows
+    model = ctx.loaded.model
+
+    def compute():
+        if spec.mode == "dense":
+            with ctx.progress.task("calibrate (dense)", windows.shape[0]) as advance:
+                stats = collect_dense(model, windows, ctx.targets, spec.batch_size, advance)
+        else:
+            layers = len({t.layer_index for t in ctx.targets})
+            with ctx.progress.task("calibrate (sequential)", layers) as advance:
+                stats = prune_model(model, spec, windows,
+                                    on_progress=lambda _index: advance(1)).stats
+        return stats_to_tensors(stats)
+
+    tensors, hit = ctx.cache.get_or_compute(
+        "calibration", key.digest(), compute, key.record(),
+        metadata={"mode": spec.mode, "targets": len(ctx.targets)},
+    )
+    ctx.stats = stats_from_tensors(tensors)
+    return StageRecord("calibrate", cache="hit" if hit else "miss",
+                       detail={"key": key.digest(), "mode": spec.mode,
+                               "tokens": int(windows.numel())})
+
+
+def run_score(ctx: RunContext) -> StageRecord:
+    """Record the scoring method; the scores themselves are computed by the mask stage."""
+    spec = ctx.spec
+    return StageRecord("score", detail={"method": spec.method, "group": spec.comparison_group})
+
+
+def run_mask(ctx: RunContext) -> StageRecord:
+    """Score, mask and zero every target in place, then record the sparsity reached."""
+    spec = ctx.spec
+    prune_targets(ctx.targets, spec, ctx.stats)
+    report = verify_targets(ctx.targets, spec.parsed_pattern)
+    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall})
+
+
+def run_verify(ctx: RunContext) -> StageRecord:
+    """Re-read every target's weight and check sparsity and the N:M pattern along K."""
+    spec = ctx.spec
+    report = verify_targets(ctx.targets, spec.parsed_pattern)
+    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    invalid = [name for name, layer in report.layers.items() if not layer.valid]
+    ctx.record.gates.append(GateResult(
+        name="verify", passed=not invalid, value=len(invalid), threshold=0,
+        message="" if not invalid else f"pattern {spec.pattern} violated in: {', '.join(invalid)}",
+    ))
+    return StageRecord("verify", status="ok" if not invalid else "failed",
+                       detail={"overall": report.overall, "invalid_layers": invalid})
+
+
+def run_dense_baseline(ctx: RunContext) -> StageRecord:
+    """Perplexity of the unpruned model (before any mask), cached per model and evaluation set."""
+    data = ctx.config.data.evaluation
+    windows = ctx.evaluation_windows
+    key = dense_perplexity_key(ctx.loaded.fingerprint, token_digest(windows), data.seqlen,
+                               data.max_windows, ctx.config.model.dtype)
+
+    def compute():
+        import torch
+
+        with ctx.progress.task("evaluate (dense)", windows.shape[0]) as advance:
+            value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
+        return {"perplexity": torch.tensor([value], dtype=torch.float64)}
+
+    tensors, hit = ctx.cache.get_or_compute(
+        "perplexity", key, compute, {"schema": "dense-perplexity", "key": key})
+    dense = float(tensors["perplexity"][0])
+    ctx.record.metrics.setdefault("perplexity", {})["dense"] = dense
+    return StageRecord("evaluate-dense", cache="hit" if hit else "miss",
+                       detail={"perplexity": dense, "windows": int(windows.shape[0])})
+
+
+def run_evaluate(ctx: RunContext) -> StageRecord:
+    """Perplexity of the pruned model on the evaluation windows."""
+    data = ctx.config.data.evaluation
+    windows = ctx.evaluation_windows
+    with ctx.progress.task("evaluate (pruned)", windows.shape[0]) as advance:
+        value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
+    metrics = ctx.record.metrics.setdefault("perplexity", {})
+    metrics["pruned"] = value
+    if "dense" in metrics:
+        metrics["ratio_to_dense"] = value / metrics["dense"]
+    metrics["windows"] = int(windows.shape[0])
+    metrics["seqlen"] = int(windows.shape[1])
+    return StageRecord("evaluate", detail={"perplexity": value})
+
+
+def pruning_plan(ctx: RunContext) -> dict:
+    """The deterministic description of what was pruned, stamped into exported artifacts."""
+    spec = ctx.spec
+    calibration = ctx.config.data.calibration
+    layers = (ctx.record.sparsity or {}).get("layers", {})
+    return {
+        "tool": "wanda-export",
+        "tool_version": ctx.record.tool_version,
+        "config_digest": ctx.record.config_digest,
+        "model_fingerprint": ctx.loaded.fingerprint,
+        "method": spec.method if spec else None,
+        "sparsity": spec.sparsity if spec else None,
+        "pattern": spec.pattern if spec else None,
+        "group": spec.comparison_group if spec else None,
+        "mode": spec.mode if spec else None,
+        "calibration": None if calibration is None else {
+            "source": calibration.source, "nsamples": calibration.nsamples,
+            "seqlen": calibration.seqlen, "seed": calibration.seed},
+        "layers": {name: layer["sparsity"] for name, layer in layers.items()},
+    }
+
+
+def run_export(ctx: RunContext) -> StageRecord:
+    """Write each requested artifact format into the staging folder."""
+    written: list[Path] = []
+    formats = ctx.config.stage("export").formats
+    if "safetensors" in formats:
+        written += export_checkpoint(ctx.loaded.model, ctx.loaded.tokenizer,
+                                     ctx.staging / CHECKPOINT_DIR, pruning_plan(ctx))
+    return StageRecord("export", detail={"formats": list(formats), "files": len(written)})
+
+
+STAGES: dict[str, StageFn] = {
+    "calibrate": run_calibrate,
+    "score": run_score,
+    "mask": run_mask,
+    "verify": run_verify,
+    "evaluate": run_evaluate,
+    "export": run_export,
+}

@@ -1,0 +1,45 @@
+"""Run reporting: the run record, release gates, and the files a run publishes.
+
+`evaluate_gates` turns a finished `RunRecord` into gate results; the writers publish it as
+report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity`
+draws the optional per-layer chart (needs matplotlib).
+"""
+
+from __future__ import annotations
+
+from wanda_export.report.charts import plot_layer_sparsity
+from wanda_export.report.gates import evaluate_gates, gate_summary
+from wanda_export.report.record import (
+    SCHEMA_VERSION,
+    ArtifactRecord,
+    GateResult,
+    RunRecord,
+    StageRecord,
+)
+from wanda_export.report.writers import (
+    collect_artifacts,
+    hash_artifacts,
+    render_summary_md,
+    write_junit,
+    write_manifest,
+    write_report_json,
+    write_summary_md,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArtifactRecord",
+    "GateResult",
+    "RunRecord",
+    "StageRecord",
+    "collect_artifacts",
+    "evaluate_gates",
+    "gate_summary",
+    "hash_artifacts",
+    "plot_layer_sparsity",
+    "render_summary_md",
+    "write_junit",
+    "write_manifest",
+    "write_report_json",
+    "write_summary_md",
+]

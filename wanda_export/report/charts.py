@@ -1,0 +1,135 @@
+"""Charts for the step summary, drawn with matplotlib when it is installed (the `plots` extra).
+
+Charts are optional: without matplotlib the plot functions return None and the run goes on.
+Figures are drawn on an explicit Agg canvas (no display, no pyplot global state) with a fixed
+size, dpi and no "Software" PNG metadata, so the same record gives a byte-identical PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from wanda_export.report.record import RunRecord
+from wanda_export.report.writers import atomic_write_bytes
+
+FIGSIZE = (12.0, 4.5)
+DPI = 100
+MAX_NAMED_TICKS = 40
+MAX_BLOCK_TICKS = 32
+_BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def projection_type(name: str) -> str:
+    """The projection a module name ends with: `model.layers.3.self_attn.q_proj` -> `q_proj`."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _block_index(name: str) -> str | None:
+    """The first numeric component of a module name (the transformer block), if any."""
+    match = _BLOCK.search(name)
+    return match.group(1) if match else None
+
+
+def _short_names(names: list[str]) -> list[str]:
+    """Names without the dotted prefix they all share, for readable tick labels."""
+    split = [name.split(".") for name in names]
+    common = 0
+    while all(len(parts) > common + 1 for parts in split) and len({p[common] for p in split}) == 1:
+        common += 1
+    return [".".join(parts[common:]) for parts in split]
+
+
+def _as_fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path | None:
+    """Draw per-layer sparsity as bars in model order, colored by projection type, to a PNG.
+
+    A horizontal line marks the planned target sparsity (the measured overall sparsity when
+    the record has no plan). Returns the written path, or None when matplotlib is not installed
+    or the record has no per-layer sparsity; a missing chart never fails a run.
+    """
+    layers: dict[str, Any] = (record.sparsity or {}).get("layers") or {}
+    if not layers:
+        return None
+    try:
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import PercentFormatter
+    except ImportError:
+        return None
+
+    names = list(layers)
+    values = [_as_fraction((layers[name] or {}).get("sparsity")) for name in names]
+    kinds = [projection_type(name) for name in names]
+    order = list(dict.fromkeys(kinds))
+
+    figure = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    colors = _colors(order, colormaps["tab10" if len(order) <= 10 else "tab20"])
+    positions = list(range(len(names)))
+    for kind in order:
+        picked = [i for i in positions if kinds[i] == kind]
+        axes.bar(picked, [values[i] for i in picked], width=0.85, color=colors[kind], label=kind)
+
+    plan = record.plan or {}
+    target = _as_fraction(plan.get("sparsity"))
+    label = "target"
+    if math.isnan(target):
+        target, label = _as_fraction((record.sparsity or {}).get("overall")), "overall"
+    if not math.isnan(target):
+        axes.axhline(
+            target, color="black", linestyle="--", linewidth=1.0, label=f"{label} {target * 100:g}%"
+        )
+
+    _set_ticks(axes, names)
+    axes.set_xlim(-0.6, len(names) - 0.4)
+    axes.set_ylim(0.0, 1.0)
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_ylabel("sparsity")
+    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    model = record.model or {}
+    source = model.get("source") or model.get("path") or "default model"
+    pattern = plan.get("pattern") or (record.sparsity or {}).get("pattern") or "unstructured"
+    title = f"Per-layer sparsity: {source} ({pattern})".replace("$", r"\$")
+    axes.set_title(title)
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _colors(kinds: list[str], palette: Any) -> dict[str, Any]:
+    """One stable color per projection type, in order of first appearance."""
+    return {kind: palette(i % palette.N) for i, kind in enumerate(kinds)}
+
+
+def _set_ticks(axes: Any, names: list[str]) -> None:
+    """Name each bar for small models; label transformer blocks for big ones."""
+    if len(names) <= MAX_NAMED_TICKS:
+        axes.set_xticks(range(len(names)), _short_names(names), rotation=90, fontsize="x-small")
+        return
+    firsts: dict[str, int] = {}
+    for i, name in enumerate(names):
+        block = _block_index(name)
+        if block is not None:
+            firsts.setdefault(block, i)
+    if not firsts:
+        axes.set_xlabel(f"layer (model order, {len(names)} layers)")
+        return
+    step = max(1, math.ceil(len(firsts) / MAX_BLOCK_TICKS))
+    shown = list(firsts.items())[::step]
+    axes.set_xticks([i for _, i in shown], [block for block, _ in shown], fontsize="small")
+    axes.set_xlabel(f"transformer block ({len(names)} layers in model order)")

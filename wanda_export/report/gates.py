@@ -1,0 +1,198 @@
+"""Release gates evaluated over a finished run record.
+
+Evaluation is a pure function of the gate config and the `RunRecord`: it measures nothing
+itself, so the same record always gives the same verdict. Gate names are stable because they
+become JUnit test case names in CI. A gate whose measurement is missing from the record fails
+with a message naming what is missing; a configured gate is never silently skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from wanda_export.report.record import GateResult, RunRecord
+from wanda_export.sparsity.pattern import parse_pattern
+
+if TYPE_CHECKING:
+    from wanda_export.config.models import GatesConfig, PerplexityGate, SparsityGate
+
+EPSILON = 1e-9
+MAX_NAMED_LAYERS = 10
+
+SPARSITY_MIN = "sparsity.min"
+SPARSITY_PER_LAYER_MIN = "sparsity.per_layer_min"
+SPARSITY_PATTERN = "sparsity.pattern"
+PERPLEXITY_MAX = "perplexity.max"
+PERPLEXITY_RATIO = "perplexity.max_ratio_to_dense"
+
+
+def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
+    """Check every configured gate against the record, in a fixed order.
+
+    Only gates set in `gates` are evaluated; each gives one `GateResult`. Thresholds are
+    compared with a 1e-9 tolerance so a value exactly at the threshold passes.
+    """
+    results: list[GateResult] = []
+    if gates.sparsity is not None:
+        results.extend(_sparsity_gates(gates.sparsity, record))
+    if gates.perplexity is not None:
+        results.extend(_perplexity_gates(gates.perplexity, record))
+    return results
+
+
+def gate_summary(results: list[GateResult]) -> tuple[int, int]:
+    """Count (passed, failed) gates, for the step summary and the exit code."""
+    passed = sum(1 for result in results if result.passed)
+    return passed, len(results) - passed
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float when it is a real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _at_least(value: float, threshold: float) -> bool:
+    return value >= threshold - EPSILON
+
+
+def _at_most(value: float, threshold: float) -> bool:
+    return value <= threshold + EPSILON
+
+
+def _name_layers(names: list[str]) -> str:
+    """Up to ten layer names, then "and N more"."""
+    shown = ", ".join(names[:MAX_NAMED_LAYERS])
+    rest = len(names) - MAX_NAMED_LAYERS
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def _canonical_pattern(text: Any) -> str:
+    """The canonical spelling of a pattern ("2:4", "unstructured"), or the text unchanged."""
+    try:
+        return str(parse_pattern(str(text)))
+    except ValueError:
+        return str(text)
+
+
+def _missing(name: str, threshold: float | str, what: str) -> GateResult:
+    return GateResult(name, False, None, threshold, f"missing measurement: {what}")
+
+
+def _sparsity_gates(gate: SparsityGate, record: RunRecord) -> list[GateResult]:
+    sparsity = record.sparsity or {}
+    layers = sparsity.get("layers") or {}
+    results = []
+    if gate.min is not None:
+        results.append(_overall_min(gate.min, sparsity))
+    if gate.per_layer_min is not None:
+        results.append(_per_layer_min(gate.per_layer_min, layers))
+    if gate.pattern is not None:
+        results.append(_pattern(gate.pattern, layers))
+    return results
+
+
+def _overall_min(threshold: float, sparsity: dict[str, Any]) -> GateResult:
+    overall = _number(sparsity.get("overall"))
+    if overall is None:
+        return _missing(SPARSITY_MIN, threshold, "no overall sparsity in the record")
+    if math.isnan(overall):
+        return GateResult(SPARSITY_MIN, False, overall, threshold, "overall sparsity is NaN")
+    passed = _at_least(overall, threshold)
+    relation = ">=" if passed else "<"
+    message = f"overall sparsity {overall:.4f} {relation} {threshold:.4f}"
+    return GateResult(SPARSITY_MIN, passed, overall, threshold, message)
+
+
+def _per_layer_min(threshold: float, layers: dict[str, Any]) -> GateResult:
+    if not layers:
+        return _missing(SPARSITY_PER_LAYER_MIN, threshold, "no per-layer sparsity in the record")
+    values = {name: _number((layer or {}).get("sparsity")) for name, layer in layers.items()}
+    unmeasured = [name for name, value in values.items() if value is None or math.isnan(value)]
+    below = [
+        name
+        for name, value in values.items()
+        if value is not None and not math.isnan(value) and not _at_least(value, threshold)
+    ]
+    measured = [value for value in values.values() if value is not None and not math.isnan(value)]
+    lowest = min(measured) if measured else None
+    if unmeasured:
+        message = f"{len(unmeasured)} layer(s) without a sparsity value: {_name_layers(unmeasured)}"
+        if below:
+            message += f"; {len(below)} below {threshold:.4f}: {_name_layers(below)}"
+        return GateResult(SPARSITY_PER_LAYER_MIN, False, lowest, threshold, message)
+    if below:
+        message = (
+            f"{len(below)} of {len(values)} layers below {threshold:.4f}: {_name_layers(below)}"
+        )
+        return GateResult(SPARSITY_PER_LAYER_MIN, False, lowest, threshold, message)
+    message = f"all {len(values)} layers >= {threshold:.4f} (lowest {lowest:.4f})"
+    return GateResult(SPARSITY_PER_LAYER_MIN, True, lowest, threshold, message)
+
+
+def _pattern(pattern: str, layers: dict[str, Any]) -> GateResult:
+    expected = _canonical_pattern(pattern)
+    if not layers:
+        return _missing(SPARSITY_PATTERN, expected, "no per-layer pattern check in the record")
+    invalid = [
+        name
+        for name, layer in layers.items()
+        if _canonical_pattern((layer or {}).get("pattern")) != expected
+        or (layer or {}).get("valid") is not True
+    ]
+    if invalid:
+        message = (
+            f"{len(invalid)} of {len(layers)} layers do not meet pattern {expected}: "
+            f"{_name_layers(invalid)}"
+        )
+        return GateResult(SPARSITY_PATTERN, False, len(invalid), expected, message)
+    message = f"all {len(layers)} layers meet pattern {expected}"
+    return GateResult(SPARSITY_PATTERN, True, 0, expected, message)
+
+
+def _perplexity_gates(gate: PerplexityGate, record: RunRecord) -> list[GateResult]:
+    perplexity = (record.metrics or {}).get("perplexity") or {}
+    pruned = _number(perplexity.get("pruned"))
+    results = []
+    if gate.max is not None:
+        results.append(_perplexity_max(gate.max, pruned))
+    if gate.max_ratio_to_dense is not None:
+        dense = _number(perplexity.get("dense"))
+        results.append(_perplexity_ratio(gate.max_ratio_to_dense, pruned, dense))
+    return results
+
+
+def _perplexity_max(threshold: float, pruned: float | None) -> GateResult:
+    if pruned is None:
+        return _missing(PERPLEXITY_MAX, threshold, "no pruned perplexity in the record")
+    if not math.isfinite(pruned):
+        return GateResult(
+            PERPLEXITY_MAX, False, pruned, threshold, f"pruned perplexity is {pruned}"
+        )
+    passed = _at_most(pruned, threshold)
+    relation = "<=" if passed else ">"
+    message = f"pruned perplexity {pruned:.4f} {relation} {threshold:.4f}"
+    return GateResult(PERPLEXITY_MAX, passed, pruned, threshold, message)
+
+
+def _perplexity_ratio(threshold: float, pruned: float | None, dense: float | None) -> GateResult:
+    if pruned is None or dense is None:
+        what = " and ".join(
+            label for label, value in (("pruned", pruned), ("dense", dense)) if value is None
+        )
+        return _missing(PERPLEXITY_RATIO, threshold, f"no {what} perplexity in the record")
+    if not (math.isfinite(dense) and dense > 0):
+        message = f"dense perplexity is {dense}; the ratio is undefined"
+        return GateResult(PERPLEXITY_RATIO, False, None, threshold, message)
+    ratio = pruned / dense
+    if not math.isfinite(ratio):
+        message = f"pruned perplexity is {pruned}"
+        return GateResult(PERPLEXITY_RATIO, False, ratio, threshold, message)
+    passed = _at_most(ratio, threshold)
+    relation = "<=" if passed else ">"
+    message = (
+        f"pruned/dense perplexity {pruned:.4f}/{dense:.4f} = {ratio:.4f} {relation} {threshold:.4f}"
+    )
+    return GateResult(PERPLEXITY_RATIO, passed, ratio, threshold, message)
