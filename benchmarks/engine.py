@@ -43,7 +43,8 @@ def load(args):
 
 
 def environment(args) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "threads": args.threads, "cpu": cpu, "nsamples": args.nsamples,
@@ -123,7 +124,7 @@ def run_speed(args) -> dict:
 
 
 def _rss_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1])
     raise RuntimeError(field)

@@ -9,14 +9,20 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from wanda_export import __version__
-from wanda_export.errors import (EXIT_ENVIRONMENT, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED,
-                                 ConfigError, WandaExportError)
+from wanda_export.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_GATE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    WandaExportError,
+)
 
 app = typer.Typer(
     name="wanda-export",
@@ -36,7 +42,7 @@ FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.", show_de
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (replaced on success).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
-CacheOpt = Annotated[Optional[Path], typer.Option(
+CacheOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Cache folder (default: $WANDA_EXPORT_CACHE or the user cache dir).")]
 
 
@@ -77,7 +83,7 @@ def _guarded(fn):
         _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
 
-def _cache(cache_dir: Optional[Path]):
+def _cache(cache_dir: Path | None):
     from wanda_export.cache.store import CacheStore
 
     return CacheStore(cache_dir)
@@ -194,7 +200,7 @@ def cache_ls(json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
 
 
 @cache_app.command("clear")
-def cache_clear(kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
+def cache_clear(kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
                 json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
     """Remove cache entries."""
     def go():

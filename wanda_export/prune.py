@@ -6,9 +6,9 @@ Orchestration only; the math lives in `sparsity/` and the forward passes in `cal
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

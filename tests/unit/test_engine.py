@@ -116,8 +116,8 @@ def test_nm_pattern_refused_before_any_work(tiny_model_dir):
 
 
 def test_spec_rejects_bad_values():
-    for bad in (dict(method="sparse"), dict(sparsity=1.0), dict(pattern="5:4"),
-                dict(mode="lazy"), dict(group="column")):
+    for bad in ({"method": "sparse"}, {"sparsity": 1.0}, {"pattern": "5:4"},
+                {"mode": "lazy"}, {"group": "column"}):
         with pytest.raises(ValueError):
             PruneSpec(**bad)
 

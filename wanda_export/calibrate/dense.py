@@ -6,7 +6,7 @@ The statistics do not depend on the sparsity or pattern, so one pass serves any 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

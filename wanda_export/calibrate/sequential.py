@@ -9,7 +9,8 @@ produce the inputs of the next layer. Only one layer's activations are alive at 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

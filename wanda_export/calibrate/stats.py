@@ -6,9 +6,9 @@ for Wanda's ||X_j||_2 and reusable for any sparsity or pattern.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

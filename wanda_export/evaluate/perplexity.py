@@ -5,7 +5,7 @@ mean negative log-likelihood over every predicted token, exponentiated.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 PLAN_METADATA_KEY = "wanda_export.plan"
 
@@ -23,13 +24,21 @@ def _canonical(plan: dict[str, Any]) -> str:
 
 
 def _stamp_plan(weights: Path, plan_json: str) -> None:
-    """Rewrite one safetensors file with the plan added to its header metadata (atomic)."""
-    with safe_open(weights, framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    metadata[PLAN_METADATA_KEY] = plan_json
+    """Add the plan to a safetensors file's header metadata, atomically and deterministically.
+
+    The header is rewritten as canonical JSON (sorted keys, padded to 8 bytes as the format
+    requires) and the tensor bytes are copied unchanged: safetensors' own writer orders metadata
+    keys by a hash map, which would make two identical exports differ byte-wise.
+    """
     temporary = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, temporary, metadata=metadata)
+    with open(weights, "rb") as source, open(temporary, "wb") as target:
+        (length,) = struct.unpack("<Q", source.read(8))
+        header = json.loads(source.read(length))
+        header["__metadata__"] = {**header.get("__metadata__", {}), PLAN_METADATA_KEY: plan_json}
+        blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        target.write(struct.pack("<Q", len(blob)) + blob)
+        shutil.copyfileobj(source, target, 1 << 20)
     os.replace(temporary, weights)
 
 

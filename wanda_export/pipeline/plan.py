@@ -12,8 +12,12 @@ from wanda_export.cache.keys import CalibrationKey, dense_perplexity_key, plan_d
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, meta_model
 from wanda_export.data.sources import load_documents
-from wanda_export.data.windows import (calibration_windows, evaluation_ids, split_windows,
-                                       token_digest)
+from wanda_export.data.windows import (
+    calibration_windows,
+    evaluation_ids,
+    split_windows,
+    token_digest,
+)
 from wanda_export.model.fingerprint import model_fingerprint
 from wanda_export.model.layers import find_targets
 

@@ -32,7 +32,7 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     Exact count per row in O(n): a per-row k-th value threshold, everything at or below it, and
     only where ties at the threshold overshoot k, the first ties until the row holds exactly k.
     """
-    rows, cols = scores.shape
+    _rows, cols = scores.shape
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= cols:

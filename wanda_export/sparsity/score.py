@@ -6,7 +6,7 @@ reduction dimension K) and returns a float32 score tensor of the same shape.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
