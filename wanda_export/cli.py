@@ -93,7 +93,7 @@ def _emit(as_json: bool, payload, human: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        stderr.print(human, highlight=False)
+        stderr.print(human, highlight=False, soft_wrap=True)
 
 
 def _run(file: Path, out: Path, as_json: bool, quiet: bool, cache_dir, until: str | None) -> None:

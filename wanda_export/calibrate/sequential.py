@@ -10,6 +10,7 @@ produce the inputs of the next layer. Only one layer's activations are alive at 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -52,6 +53,37 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
+def _stats_pass(layer: nn.Module, batches: list[tuple[tuple, dict]], targets: list[Target],
+                stats: dict[str, ChannelStats]) -> None:
+    """Run the unpruned layer on every batch, collecting its targets' input statistics.
+
+    Each forward stops as soon as every target has seen its input for the batch: the rest of
+    the layer (typically the down projection, a quarter of an MLP block's work) is not needed.
+    """
+    with collecting(targets, stats):  # its hooks are registered first, so they run first
+        seen: set[str] = set()
+
+        def stop_when_all_seen(_module, _args, name):
+            seen.add(name)
+            if len(seen) == len(targets):
+                raise _StopForward
+
+        handles = [
+            t.module.register_forward_pre_hook(partial(stop_when_all_seen, name=t.name))
+            for t in targets
+        ]
+        try:
+            for args, kwargs in batches:
+                seen.clear()
+                try:
+                    layer(*args, **kwargs)
+                except _StopForward:
+                    pass
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def _output_hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -81,9 +113,7 @@ def calibrate_sequential(
         layer_targets = [t for t in targets if t.layer_index == index]
         stats = empty_stats(layer_targets)
         if layer_targets:
-            with collecting(layer_targets, stats):
-                for args, kwargs in batches:
-                    layer(*args, **kwargs)
+            _stats_pass(layer, batches, layer_targets, stats)
             prune_layer(index, stats)
             all_stats.update(stats)
         batches = [
