@@ -263,3 +263,22 @@ def test_default_model_conversion_matches_gguf(smollm2_dir: Path):
     gguf = load_model(str(default_gguf_path()), device="cpu")
     assert gguf.kind == "gguf"
     assert torch.equal(_logits(default), _logits(gguf))
+
+
+def test_file_hash_is_memoised_on_disk_and_follows_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from wanda_export.model import fingerprint
+
+    monkeypatch.setenv("WANDA_EXPORT_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"abc" * 1000)
+    first = fingerprint.file_sha256(weights)
+    assert first == hashlib.sha256(b"abc" * 1000).hexdigest()
+    (memo,) = (tmp_path / "cache" / "fingerprints").iterdir()
+    assert memo.read_text() == first
+    memo.write_text("f" * 64)  # prove the next process-fresh lookup reads the memo
+    fingerprint.clear_fingerprint_cache()
+    assert fingerprint.file_sha256(weights) == "f" * 64
+    weights.write_bytes(b"abd" * 1000)  # new size/mtime: a new memo key, a real hash
+    assert fingerprint.file_sha256(weights) == hashlib.sha256(b"abd" * 1000).hexdigest()

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from wanda_export.sparsity.mask import apply_mask_, build_mask, nm_mask, unstructured_mask
+from wanda_export.sparsity.mask import (
+    apply_mask_,
+    build_mask,
+    nm_mask,
+    pruned_count,
+    unstructured_mask,
+)
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
 from wanda_export.sparsity.score import compute_scores, magnitude_scores, wanda_scores
 from wanda_export.sparsity.verify import nm_violations, verify_layer
@@ -77,7 +83,7 @@ def test_exact_ratio_per_row_on_random_scores():
     scores = torch.randn(64, 100).abs()
     for sparsity in (0.0, 0.25, 0.5, 0.7, 0.9):
         mask = unstructured_mask(scores, sparsity, "row")
-        assert (mask.sum(dim=1) == int(100 * sparsity)).all()
+        assert (mask.sum(dim=1) == round(100 * sparsity)).all()
         # every pruned score is <= every kept score in its row
         pruned_max = torch.where(mask, scores, -math.inf).max(dim=1).values
         kept_min = torch.where(~mask, scores, math.inf).min(dim=1).values
@@ -160,3 +166,11 @@ def test_nm_rank_path_matches_a_stable_sort(n, m):
     order = torch.argsort(groups, dim=1, stable=True)[:, : m - n]
     expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
     assert torch.equal(nm_mask(scores, n, m), expected.reshape(scores.shape))
+
+
+def test_non_whole_ratios_round_up_so_every_group_reaches_the_target():
+    assert pruned_count(576, 0.6) == 346 and 346 / 576 >= 0.6
+    assert pruned_count(1000, 0.7) == 700  # 0.7 * 1000 is 700.0000000000001 in floats
+    assert pruned_count(64, 0.5) == 32 and pruned_count(3, 0.99) == 3
+    mask = unstructured_mask(torch.rand(4, 576), 0.6)
+    assert (mask.sum(dim=1) == 346).all()

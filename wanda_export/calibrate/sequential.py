@@ -116,10 +116,11 @@ def calibrate_sequential(
             _stats_pass(layer, batches, layer_targets, stats)
             prune_layer(index, stats)
             all_stats.update(stats)
-        batches = [
-            _with_hidden(args, kwargs, _output_hidden(layer(*args, **kwargs)))
-            for args, kwargs in batches
-        ]
+        if index < len(layers) - 1:  # the last layer's outputs feed nothing we calibrate
+            batches = [
+                _with_hidden(args, kwargs, _output_hidden(layer(*args, **kwargs)))
+                for args, kwargs in batches
+            ]
         if on_layer:
             on_layer(index)
     return all_stats

@@ -1,12 +1,15 @@
 """Model fingerprints: a stable identity for the weights a run started from.
 
 A local checkpoint is identified by the sha256 of its weight files, a hub model by its commit.
-File hashes are memoised in-process per (path, size, mtime), so asking again is cheap.
+File hashes are memoised per (path, inode, size, mtime), in-process and on disk under
+`<cache root>/fingerprints/` (as dvc's state does), so a 14 GB checkpoint is hashed once, not
+on every run. Like make and dvc, this trusts that a file rewritten in place changes its mtime.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +18,15 @@ from wanda_export.errors import ConfigError
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _CHUNK = 1 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def _memo_path(resolved: Path, stat: os.stat_result) -> Path:
+    from wanda_export.model.default import cache_root
+
+    record = f"{resolved}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return cache_root() / "fingerprints" / hashlib.sha256(record.encode()).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,11 +37,26 @@ def file_sha256(path: str | Path) -> str:
     cached = _file_hashes.get(key)
     if cached is not None:
         return cached
+    memo = _memo_path(resolved, stat)
+    try:
+        stored = memo.read_text().strip()
+    except OSError:
+        stored = ""
+    if _SHA256.fullmatch(stored):
+        _file_hashes[key] = stored
+        return stored
     digest = hashlib.sha256()
     with resolved.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     _file_hashes[key] = digest.hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        temporary = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        temporary.write_text(_file_hashes[key])
+        os.replace(temporary, memo)
+    except OSError:  # a read-only cache only costs a rehash next time
+        pass
     return _file_hashes[key]
 
 

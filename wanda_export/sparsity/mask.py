@@ -6,6 +6,8 @@ Ties are broken deterministically: among equal scores the lowest input index is 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -47,8 +49,16 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
+def pruned_count(group_size: int, sparsity: float) -> int:
+    """How many weights a group of `group_size` loses: ceil(sparsity * size), so every group
+    reaches at least the requested ratio (the reference code floors; the two agree whenever the
+    product is whole, e.g. 50% of an even width). The epsilon absorbs float noise such as
+    0.7 * 1000 = 700.0000000000001."""
+    return min(group_size, math.ceil(group_size * sparsity - 1e-9))
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
-    """Prune exactly floor(sparsity * group size) weights per group.
+    """Prune pruned_count(group size, sparsity) weights per group.
 
     group "row": each output row compared on its own (Wanda's per-output comparison);
     group "layer": the whole matrix compared at once (the paper's ablation; magnitude's usual).
@@ -56,10 +66,10 @@ def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if group == "row":
-        return _prune_lowest(scores, int(scores.shape[1] * sparsity))
+        return _prune_lowest(scores, pruned_count(scores.shape[1], sparsity))
     if group == "layer":
         flat = scores.reshape(1, -1)
-        return _prune_lowest(flat, int(flat.shape[1] * sparsity)).reshape(scores.shape)
+        return _prune_lowest(flat, pruned_count(flat.shape[1], sparsity)).reshape(scores.shape)
     raise ValueError(f"unknown comparison group {group!r}; choose one of {list(GROUPS)}")
 
 
