@@ -1,6 +1,6 @@
 """A pipeline run, then a rerun with only mask.sparsity changed (dense calibration).
 
-    python benchmarks/pipeline_rerun.py [--threads 2]
+    python benchmarks/pipeline_rerun.py [--threads 2] [--nsamples 32]
 
 Both runs go through the real CLI in fresh processes (imports, model load and all), on a fresh
 cache folder. Prints each run's wall time, its evaluation time (dense + pruned perplexity) and
@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "sample_configs" / "quickstart.yaml"
 
 
-def pipeline(sparsity: float) -> dict:
+def pipeline(sparsity: float, nsamples: int) -> dict:
     config = yaml.safe_load(QUICKSTART.read_text())
+    config["data"]["calibration"]["nsamples"] = nsamples
     for stage in config["stages"]:
         if "mask" in stage:
             stage["mask"] = {"sparsity": sparsity, "pattern": "unstructured"}
@@ -53,6 +54,7 @@ def run(config: dict, work: Path, name: str, env: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nsamples", type=int, default=32, help="calibration windows of 512")
     args = parser.parse_args()
     default_model_dir()  # convert once, outside the timed runs
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,11 +64,12 @@ def main() -> None:
         (work / "cache" / "models").symlink_to(cache_root() / "models")
         env = {**os.environ, "WANDA_EXPORT_CACHE": str(work / "cache"),
                "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        first = run(pipeline(0.5), work, "first", env)
-        second = run(pipeline(0.6), work, "second", env)
+        first = run(pipeline(0.5, args.nsamples), work, "first", env)
+        second = run(pipeline(0.6, args.nsamples), work, "second", env)
     ratio = (second["wall_s"] - second["evaluation_s"]) / (first["wall_s"] - first["evaluation_s"])
-    result = {"first": first, "second": second, "ratio_without_evaluation": ratio}
-    out = ROOT / "benchmarks" / "results" / "pipeline-rerun.json"
+    result = {"nsamples": args.nsamples, "threads": args.threads, "first": first,
+              "second": second, "ratio_without_evaluation": ratio}
+    out = ROOT / "benchmarks" / "results" / f"pipeline-rerun-{args.nsamples}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -183,3 +183,24 @@ def test_exported_checkpoint_loads_with_transformers(write_pipeline, workdir):
     assert plan["pattern"] == "2:4" and plan["method"] == "wanda"
     assert "sparsity_config" not in json.loads((out / "model" / "config.json").read_text())
     assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
+
+
+def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, workdir):
+    path = write_pipeline(pattern="2:4")
+    text = path.read_text().replace(
+        "  - export: {formats: [safetensors]}",
+        "  - export: {formats: [safetensors, onnx, onnx-fp16, tensorrt], parity_tokens: 8}")
+    path.write_text(text + "  parity: {max_abs_diff: 0.001, generation: true}\n")
+    out = workdir / "out"
+    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["onnx.sparsity"]["passed"] and gates["onnx-fp16.sparsity"]["passed"]
+    assert gates["parity.max_abs_diff"]["passed"] and gates["parity.generation"]["passed"]
+    assert report["metrics"]["parity"]["generation_match"] is True
+    assert report["metrics"]["onnx"]["onnx"]["layouts"] == ["[in, out]"]
+    paths = {a["path"] for a in report["artifacts"]}
+    assert {"onnx/model.onnx", "onnx/model.fp16.onnx", "onnx/tensorrt.json"} <= paths
+    recipe = json.loads((out / "onnx" / "tensorrt.json").read_text())
+    assert "--sparsity=enable" in recipe["trtexec"] and len(recipe["eligible_layers"]) == 14

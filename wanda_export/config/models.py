@@ -51,8 +51,9 @@ STAGE_ORDER: tuple[str, ...] = (
     "export",
     "benchmark",
 )
-EXPORT_FORMATS: tuple[str, ...] = ("safetensors",)
-PLANNED_EXPORT_FORMATS: tuple[str, ...] = ("onnx",)
+EXPORT_FORMATS: tuple[str, ...] = ("safetensors", "onnx", "onnx-fp16", "tensorrt")
+PLANNED_EXPORT_FORMATS: tuple[str, ...] = ()
+ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "tensorrt"})
 PLANNED_METHODS: tuple[str, ...] = ("sparsegpt",)
 MAX_SEQLEN = 131072
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -351,12 +352,22 @@ def _format_available(value: Any) -> Any:
     return value
 
 
-class ExportStage(StrictModel):
-    """Write the pruned model; a list of format names so new formats are additive."""
+ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "tensorrt"]
 
-    formats: list[Annotated[Literal["safetensors"], BeforeValidator(_format_available)]] = Field(
+
+class ExportStage(StrictModel):
+    """Write the pruned model; a list of format names so new formats are additive.
+
+    onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16: an fp16 copy; tensorrt: the
+    ONNX plus tensorrt.json (2:4 only). With any ONNX format the sparsity is re-verified in the
+    file, and with `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
+    """
+
+    formats: list[Annotated[ExportFormat, BeforeValidator(_format_available)]] = Field(
         default_factory=lambda: ["safetensors"], min_length=1
     )
+    parity: bool = True
+    parity_tokens: int = Field(32, ge=1, le=1024)
 
 
 class BenchmarkStage(StrictModel):
@@ -493,11 +504,25 @@ class PerplexityGate(StrictModel):
         return self
 
 
+class ParityGate(StrictModel):
+    """Release gate on ONNX-vs-PyTorch output parity."""
+
+    max_abs_diff: float | None = Field(None, gt=0.0)
+    generation: bool | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Self:
+        if self.max_abs_diff is None and self.generation is None:
+            raise custom_error("a parity gate needs max_abs_diff and/or generation")
+        return self
+
+
 class GatesConfig(StrictModel):
     """The release gates; a missing gate is not checked."""
 
     sparsity: SparsityGate | None = None
     perplexity: PerplexityGate | None = None
+    parity: ParityGate | None = None
 
 
 def _exact_version(value: Any) -> Any:
@@ -668,6 +693,16 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
                 at_key=True,
             )
         )
+    export: ExportStage | None = config.stage("export")
+    mask: MaskStage | None = config.stage("mask")
+    if export is not None and "tensorrt" in export.formats and (mask is None or mask.pattern != "2:4"):
+        problems.append(
+            problem(
+                (*at["export"], "formats"),
+                "the tensorrt format targets sparse tensor cores, which need a mask stage with "
+                "pattern '2:4'",
+            )
+        )
     return problems
 
 
@@ -675,6 +710,17 @@ def _gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:
     """What each gate needs: a stage that measures it, and a pattern that agrees with mask."""
     problems = []
     sparsity, perplexity = config.gates.sparsity, config.gates.perplexity
+    export: ExportStage | None = config.stage("export")
+    if config.gates.parity is not None and (
+        export is None or not export.parity or not ONNX_FORMATS & set(export.formats)
+    ):
+        problems.append(
+            problem(
+                ("gates", "parity"),
+                "a parity gate needs an export stage with an ONNX format and parity: true",
+                at_key=True,
+            )
+        )
     mask: MaskStage | None = config.stage("mask")
     evaluate: EvaluateStage | None = config.stage("evaluate")
     if sparsity is not None:

@@ -21,7 +21,7 @@ from wanda_export.errors import EXIT_GATE, EXIT_OK
 from wanda_export.model.loading import classify_path, load_model
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.progress import NullProgress
-from wanda_export.pipeline.stages import CHECKPOINT_DIR, STAGES, run_dense_baseline
+from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
@@ -36,7 +36,7 @@ from wanda_export.report.record import RunRecord, StageRecord
 log = logging.getLogger("wanda_export.pipeline")
 
 PARTIAL_MARK = ".partial-"
-ARTIFACT_DIRS = {CHECKPOINT_DIR: "safetensors-checkpoint", "charts": "png"}
+ARTIFACT_DIRS = {CHECKPOINT_DIR: "safetensors-checkpoint", ONNX_DIR: "onnx", "charts": "png"}
 
 
 def model_source(config: PipelineConfig) -> str:

@@ -15,14 +15,21 @@ from pathlib import Path
 from wanda_export.cache.keys import CalibrationKey, dense_perplexity_key, plan_digest
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
+from wanda_export.config.models import ONNX_FORMATS
 from wanda_export.data.windows import token_digest
+from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
+from wanda_export.export.onnx import convert_to_fp16, export_onnx
+from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
+from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.pipeline.context import RunContext
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.record import GateResult, StageRecord
+from wanda_export.sparsity.pattern import parse_pattern
 
 CHECKPOINT_DIR = "model"
+ONNX_DIR = "onnx"
 
 StageFn = Callable[[RunContext], StageRecord]
 
@@ -162,14 +169,62 @@ def pruning_plan(ctx: RunContext) -> dict:
     }
 
 
+def _verify_in_file(ctx: RunContext, path: Path, label: str) -> OnnxVerification:
+    """Re-verify the pruned weights inside an exported ONNX file; a failure is a gate failure."""
+    spec = ctx.spec
+    pattern = spec.parsed_pattern if spec else parse_pattern("unstructured")
+    verification = verify_onnx(path, ctx.targets, pattern)
+    failures = verification.failures
+    ctx.record.gates.append(GateResult(
+        name=f"{label}.sparsity", passed=verification.valid, value=len(failures), threshold=0,
+        message="" if not failures else
+        "pruned weights missing or not " + str(pattern) + " along K in: " + ", ".join(
+            f"{name} ({verification.layers[name].initializer or 'no initializer'})"
+            for name in failures)))
+    ctx.record.metrics.setdefault("onnx", {})[label] = {
+        "file": str(path.relative_to(ctx.staging)), "valid": verification.valid,
+        "failures": failures, "layers": len(verification.layers),
+        "layouts": sorted({check.layout or "missing" for check in verification.layers.values()}),
+    }
+    return verification
+
+
+def _export_onnx(ctx: RunContext, formats: list[str], stage) -> dict:
+    """ONNX (fp32, optional fp16 copy, TensorRT recipe), verified in the file, parity-checked."""
+    directory = ctx.staging / ONNX_DIR
+    exported = export_onnx(ctx.loaded.model, directory / "model.onnx")
+    ctx.loaded.model.config.save_pretrained(directory)
+    if ctx.loaded.tokenizer is not None:
+        ctx.loaded.tokenizer.save_pretrained(directory)
+    detail = {"onnx_export_seconds": round(exported.seconds, 3)}
+    verification = _verify_in_file(ctx, exported.path, "onnx")
+    if "onnx-fp16" in formats:
+        fp16 = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
+        _verify_in_file(ctx, fp16, "onnx-fp16")
+    if "tensorrt" in formats:
+        write_tensorrt_recipe(directory, exported.path.name, verification)
+    if stage.parity:
+        with ctx.progress.task("parity (onnxruntime vs torch)", 1) as advance:
+            parity = measure_parity(ctx.loaded.model, ctx.loaded.tokenizer, exported.path,
+                                    exported.layout, new_tokens=stage.parity_tokens)
+            advance(1)
+        ctx.record.metrics["parity"] = parity.to_dict()
+    return detail
+
+
 def run_export(ctx: RunContext) -> StageRecord:
     """Write each requested artifact format into the staging folder."""
     written: list[Path] = []
-    formats = ctx.config.stage("export").formats
+    stage = ctx.config.stage("export")
+    formats = list(stage.formats)
+    detail: dict = {"formats": formats}
     if "safetensors" in formats:
         written += export_checkpoint(ctx.loaded.model, ctx.loaded.tokenizer,
                                      ctx.staging / CHECKPOINT_DIR, pruning_plan(ctx))
-    return StageRecord("export", detail={"formats": list(formats), "files": len(written)})
+    if ONNX_FORMATS & set(formats):
+        detail.update(_export_onnx(ctx, formats, stage))
+    failed = [g.name for g in ctx.record.gates if g.name.endswith(".sparsity") and not g.passed]
+    return StageRecord("export", status="failed" if failed else "ok", detail=detail)
 
 
 STAGES: dict[str, StageFn] = {

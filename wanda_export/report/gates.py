@@ -15,7 +15,7 @@ from wanda_export.report.record import GateResult, RunRecord
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
-    from wanda_export.config.models import GatesConfig, PerplexityGate, SparsityGate
+    from wanda_export.config.models import GatesConfig, ParityGate, PerplexityGate, SparsityGate
 
 EPSILON = 1e-9
 MAX_NAMED_LAYERS = 10
@@ -25,6 +25,8 @@ SPARSITY_PER_LAYER_MIN = "sparsity.per_layer_min"
 SPARSITY_PATTERN = "sparsity.pattern"
 PERPLEXITY_MAX = "perplexity.max"
 PERPLEXITY_RATIO = "perplexity.max_ratio_to_dense"
+PARITY_MAX_ABS = "parity.max_abs_diff"
+PARITY_GENERATION = "parity.generation"
 
 
 def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
@@ -38,6 +40,8 @@ def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
         results.extend(_sparsity_gates(gates.sparsity, record))
     if gates.perplexity is not None:
         results.extend(_perplexity_gates(gates.perplexity, record))
+    if gates.parity is not None:
+        results.extend(_parity_gates(gates.parity, record))
     return results
 
 
@@ -196,3 +200,30 @@ def _perplexity_ratio(threshold: float, pruned: float | None, dense: float | Non
         f"pruned/dense perplexity {pruned:.4f}/{dense:.4f} = {ratio:.4f} {relation} {threshold:.4f}"
     )
     return GateResult(PERPLEXITY_RATIO, passed, ratio, threshold, message)
+
+
+def _parity_gates(gate: ParityGate, record: RunRecord) -> list[GateResult]:
+    """ONNX-vs-PyTorch: the largest logit difference and identical greedy generation."""
+    parity = record.metrics.get("parity") or {}
+    results = []
+    if gate.max_abs_diff is not None:
+        value = _number(parity.get("max_abs_diff"))
+        if value is None or math.isnan(value):
+            results.append(_missing(PARITY_MAX_ABS, gate.max_abs_diff, "no ONNX parity measured"))
+        else:
+            passed = _at_most(value, gate.max_abs_diff)
+            results.append(GateResult(
+                PARITY_MAX_ABS, passed, value, gate.max_abs_diff,
+                f"max |logit difference| {value:.3g} {'<=' if passed else '>'} "
+                f"{gate.max_abs_diff:.3g}"))
+    if gate.generation is not None:
+        match = parity.get("generation_match")
+        if match is None:
+            results.append(_missing(PARITY_GENERATION, "identical", "no ONNX generation measured"))
+        else:
+            passed = bool(match) or not gate.generation
+            results.append(GateResult(
+                PARITY_GENERATION, passed, "identical" if match else "different", "identical",
+                "" if match else f"greedy generation differs on prompts "
+                f"{parity.get('mismatched_prompts')}"))
+    return results
