@@ -202,5 +202,19 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
     assert report["metrics"]["onnx"]["onnx"]["layouts"] == ["[in, out]"]
     paths = {a["path"] for a in report["artifacts"]}
     assert {"onnx/model.onnx", "onnx/model.fp16.onnx", "onnx/tensorrt.json"} <= paths
+    sizes = report["metrics"]["sizes"]["files"]
+    assert sizes["model/model.safetensors"]["ratio_to_dense"] == pytest.approx(1.0, abs=0.05)
+    assert sizes["onnx/model.fp16.onnx"]["bytes"] < sizes["onnx/model.onnx"]["bytes"]
     recipe = json.loads((out / "onnx" / "tensorrt.json").read_text())
     assert "--sparsity=enable" in recipe["trtexec"] and len(recipe["eligible_layers"]) == 14
+
+
+def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):
+    path = write_pipeline(pattern="2:4")
+    text = path.read_text().replace("  - export: {formats: [safetensors]}",
+                                    "  - export: {formats: [onnx], parity_tokens: 4}")
+    path.write_text(text + "  parity: {max_abs_diff: 1.0e-12}\n")
+    result = invoke("run", str(path), "--out", str(workdir / "out"), "--json", "--quiet")
+    assert result.exit_code == 3
+    gate = next(g for g in json.loads(result.stdout)["gates"] if g["name"] == "parity.max_abs_diff")
+    assert not gate["passed"] and gate["threshold"] == 1e-12

@@ -212,6 +212,22 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> dict:
     return detail
 
 
+def artifact_sizes(ctx: RunContext) -> dict:
+    """Bytes of each exported weight file against a dense export of the same model and dtype.
+
+    The formats store pruned weights densely (zeros included), so a ratio near 1.0 is the honest
+    answer: 2:4 saves compute on hardware that uses it, not bytes on disk.
+    """
+    dense = sum(p.numel() * p.element_size() for p in ctx.loaded.model.parameters()
+                if p is not None)
+    files = sorted(ctx.staging.glob(f"{CHECKPOINT_DIR}/*.safetensors")) + sorted(
+        ctx.staging.glob(f"{ONNX_DIR}/model*.onnx*"))
+    return {"dense_parameter_bytes": dense, "files": {
+        str(path.relative_to(ctx.staging)): {"bytes": path.stat().st_size,
+                                              "ratio_to_dense": path.stat().st_size / dense}
+        for path in files}}
+
+
 def run_export(ctx: RunContext) -> StageRecord:
     """Write each requested artifact format into the staging folder."""
     written: list[Path] = []
@@ -223,6 +239,7 @@ def run_export(ctx: RunContext) -> StageRecord:
                                      ctx.staging / CHECKPOINT_DIR, pruning_plan(ctx))
     if ONNX_FORMATS & set(formats):
         detail.update(_export_onnx(ctx, formats, stage))
+    ctx.record.metrics["sizes"] = artifact_sizes(ctx)
     failed = [g.name for g in ctx.record.gates if g.name.endswith(".sparsity") and not g.passed]
     return StageRecord("export", status="failed" if failed else "ok", detail=detail)
 
