@@ -47,10 +47,16 @@ CacheOpt = Annotated[Path | None, typer.Option(
 
 
 def _setup_logging(quiet: bool) -> None:
+    """Our progress logs on stderr; other libraries only when they warn (their INFO is noise)."""
+    import warnings
+
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=stderr, show_path=False)], force=True)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
