@@ -17,10 +17,10 @@ from rich.console import Console
 from wanda_export import __version__
 from wanda_export.errors import (
     EXIT_ENVIRONMENT,
-    EXIT_GATE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     ConfigError,
+    GateFailure,
     WandaExportError,
 )
 
@@ -123,7 +123,8 @@ def _run(file: Path, out: Path, as_json: bool, quiet: bool, cache_dir, until: st
                   f"(value {g.value}, threshold {g.threshold}) {g.message}" for g in record.gates]
         _emit(as_json, record.to_dict(), "\n".join(lines))
         if failed:
-            raise typer.Exit(EXIT_GATE)
+            raise GateFailure(f"{len(failed)} gate(s) failed: "
+                              + ", ".join(gate.name for gate in failed))
 
     _guarded(go)
 

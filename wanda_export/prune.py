@@ -111,11 +111,11 @@ def prune_targets(
         list(pool.map(prune_one, targets))
 
 
-def verify_targets(targets: list[Target], pattern: Pattern, min_sparsity: float = 0.0) -> SparsityReport:
+def verify_targets(targets: list[Target], pattern: Pattern) -> SparsityReport:
     """Verify every target's weight as it now is in the model."""
     report = SparsityReport()
     for target in targets:
-        report.layers[target.name] = verify_layer(weight_out_in(target.module), pattern, min_sparsity)
+        report.layers[target.name] = verify_layer(weight_out_in(target.module), pattern)
     return report
 
 

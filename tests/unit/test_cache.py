@@ -381,15 +381,20 @@ def _fake_temp_dir(store: CacheStore, key: str, age_s: float = 0.0) -> Path:
     return temp
 
 
-def test_stale_temp_dir_is_invisible_and_cleaned(store: CacheStore) -> None:
-    temp = _fake_temp_dir(store, KEY)
-    assert store.get(KIND, KEY) is None
-    assert store.entries() == []
+def _assert_recomputed_and_swept(store: CacheStore, temp: Path) -> None:
+    """A miss computes once, publishes a valid entry, and removes the leftover temp dir."""
     compute = Counter()
     _, hit = store.get_or_compute(KIND, KEY, compute, RECORD)
     assert not hit and compute.calls == 1
     assert not temp.exists()
     assert_same(store.get(KIND, KEY), sample_tensors())
+
+
+def test_stale_temp_dir_is_invisible_and_cleaned(store: CacheStore) -> None:
+    temp = _fake_temp_dir(store, KEY)
+    assert store.get(KIND, KEY) is None
+    assert store.entries() == []
+    _assert_recomputed_and_swept(store, temp)
 
 
 def test_old_temp_dirs_of_other_keys_are_swept(store: CacheStore) -> None:
@@ -422,11 +427,7 @@ def test_sigkill_during_put_leaves_no_entry(store: CacheStore, tmp_path: Path) -
     assert not store.entry_dir(KIND, KEY).exists()
     assert store.get(KIND, KEY) is None
     assert store.entries() == []
-    compute = Counter()
-    _, hit = store.get_or_compute(KIND, KEY, compute, RECORD)
-    assert not hit and compute.calls == 1
-    assert not temp.exists()
-    assert_same(store.get(KIND, KEY), sample_tensors())
+    _assert_recomputed_and_swept(store, temp)
 
 
 def test_two_processes_compute_once(store: CacheStore, tmp_path: Path) -> None:

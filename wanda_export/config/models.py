@@ -467,8 +467,23 @@ class StageEntry(StrictModel):
         return getattr(self, self.name)
 
 
-class SparsityGate(StrictModel):
+class GateModel(StrictModel):
+    """A gate's thresholds; at least one must be set, or the gate would check nothing."""
+
+    gate_name: ClassVar[str] = "gate"
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Self:
+        fields = list(type(self).model_fields)
+        if all(getattr(self, name) is None for name in fields):
+            raise custom_error(f"a {self.gate_name} gate needs at least one of {', '.join(fields)}")
+        return self
+
+
+class SparsityGate(GateModel):
     """Release gate on the measured sparsity (overall and per layer) and the N:M pattern."""
+
+    gate_name: ClassVar[str] = "sparsity"
 
     min: float | None = Field(None, ge=0.0, le=1.0)
     per_layer_min: float | None = Field(None, ge=0.0, le=1.0)
@@ -484,37 +499,23 @@ class SparsityGate(StrictModel):
         except ValueError as error:
             raise custom_error(str(error)) from None
 
-    @model_validator(mode="after")
-    def _something_to_check(self) -> Self:
-        if self.min is None and self.per_layer_min is None and self.pattern is None:
-            raise custom_error("a sparsity gate needs at least one of min, per_layer_min, pattern")
-        return self
 
-
-class PerplexityGate(StrictModel):
+class PerplexityGate(GateModel):
     """Release gate on perplexity: an absolute maximum and/or a maximum ratio to dense."""
+
+    gate_name: ClassVar[str] = "perplexity"
 
     max: float | None = Field(None, gt=0.0)
     max_ratio_to_dense: float | None = Field(None, ge=1.0)
 
-    @model_validator(mode="after")
-    def _something_to_check(self) -> Self:
-        if self.max is None and self.max_ratio_to_dense is None:
-            raise custom_error("a perplexity gate needs max and/or max_ratio_to_dense")
-        return self
 
-
-class ParityGate(StrictModel):
+class ParityGate(GateModel):
     """Release gate on ONNX-vs-PyTorch output parity."""
+
+    gate_name: ClassVar[str] = "parity"
 
     max_abs_diff: float | None = Field(None, gt=0.0)
     generation: bool | None = None
-
-    @model_validator(mode="after")
-    def _something_to_check(self) -> Self:
-        if self.max_abs_diff is None and self.generation is None:
-            raise custom_error("a parity gate needs max_abs_diff and/or generation")
-        return self
 
 
 class GatesConfig(StrictModel):

@@ -11,10 +11,9 @@ import torch
 from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
-from wanda_export.data.sources import load_documents
-from wanda_export.data.windows import calibration_windows, evaluation_ids, split_windows
 from wanda_export.model.layers import Target, find_targets
 from wanda_export.model.loading import LoadedModel
+from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.prune import PruneSpec
 from wanda_export.report.record import RunRecord
@@ -46,16 +45,9 @@ class RunContext:
     @cached_property
     def calibration_windows(self) -> torch.Tensor:
         """[nsamples, seqlen] calibration tokens, drawn once per run."""
-        data = self.config.data.calibration
-        source = data.to_text_source(self.config.base_dir)
-        documents = load_documents(source, "calibration")
-        return calibration_windows(self.loaded.tokenizer, documents, data.nsamples, data.seqlen,
-                                   data.seed, strategy=source.window_strategy)
+        return calibration_windows_for(self.config, self.loaded.tokenizer)
 
     @cached_property
     def evaluation_windows(self) -> torch.Tensor:
-        """[W, seqlen] non-overlapping evaluation windows of the tokenized evaluation text."""
-        data = self.config.data.evaluation
-        documents = load_documents(data.to_text_source(self.config.base_dir), "evaluation")
-        ids = evaluation_ids(self.loaded.tokenizer, documents)
-        return split_windows(ids, data.seqlen, data.max_windows)
+        """[W, seqlen] evaluation windows, tokenized once per run."""
+        return evaluation_windows_for(self.config, self.loaded.tokenizer)

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wanda_export.cache.keys import CalibrationKey, dense_perplexity_key, plan_digest
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, meta_model
-from wanda_export.data.sources import load_documents
-from wanda_export.data.windows import (
-    calibration_windows,
-    evaluation_ids,
-    split_windows,
-    token_digest,
-)
 from wanda_export.model.fingerprint import model_fingerprint
 from wanda_export.model.layers import find_targets
+from wanda_export.pipeline.inputs import (
+    calibration_key_for,
+    calibration_windows_for,
+    dense_perplexity_key_for,
+    evaluation_windows_for,
+)
 
 
 def _tokenizer(source: str, config: PipelineConfig):
@@ -32,6 +30,13 @@ def _tokenizer(source: str, config: PipelineConfig):
                                          trust_remote_code=config.model.trust_remote_code)
 
 
+def _row(stage: str, cache: CacheStore, kind: str | None = None, key: str | None = None) -> dict:
+    if key is None:
+        return {"stage": stage, "cache": "n/a", "key": None}
+    return {"stage": stage, "key": key,
+            "cache": "hit" if cache.get(kind, key) is not None else "miss"}
+
+
 def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) -> list[dict]:
     """One row per stage: {stage, cache: hit|miss|n/a, key}."""
     tokenizer = _tokenizer(model_source, config)
@@ -40,33 +45,16 @@ def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) 
     rows = []
     evaluate = config.stage("evaluate")
     if evaluate is not None and evaluate.perplexity and evaluate.dense_baseline:
-        data = config.data.evaluation
-        ids = evaluation_ids(tokenizer, load_documents(
-            data.to_text_source(config.base_dir), "evaluation"))
-        windows = split_windows(ids, data.seqlen, data.max_windows)
-        key = dense_perplexity_key(fingerprint, token_digest(windows), data.seqlen,
-                                   data.max_windows, config.model.dtype)
-        rows.append({"stage": "evaluate-dense", "key": key,
-                     "cache": "hit" if cache.get("perplexity", key) is not None else "miss"})
+        windows = evaluation_windows_for(config, tokenizer)
+        key = dense_perplexity_key_for(config, fingerprint, windows)
+        rows.append(_row("evaluate-dense", cache, "perplexity", key))
     for name in config.stage_names():
-        row = {"stage": name, "cache": "n/a", "key": None}
         if name == "calibrate" and spec is not None and spec.needs_calibration:
-            data = config.data.calibration
-            source = data.to_text_source(config.base_dir)
-            windows = calibration_windows(tokenizer, load_documents(source, "calibration"),
-                                          data.nsamples, data.seqlen, data.seed,
-                                          strategy=source.window_strategy)
             targets = find_targets(meta_model(model_source, revision=config.model.revision),
                                    list(spec.include) or None, list(spec.exclude) or None)
-            key = CalibrationKey(
-                model_fingerprint=fingerprint, calibration_digest=token_digest(windows),
-                nsamples=data.nsamples, seqlen=data.seqlen, seed=data.seed,
-                dtype=config.model.dtype, mode=spec.mode,
-                targets=tuple(t.name for t in targets),
-                plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern,
-                                        spec.comparison_group),
-            ).digest()
-            row = {"stage": name, "key": key,
-                   "cache": "hit" if cache.get("calibration", key) is not None else "miss"}
-        rows.append(row)
+            key = calibration_key_for(config, fingerprint, calibration_windows_for(config, tokenizer),
+                                      [t.name for t in targets]).digest()
+            rows.append(_row(name, cache, "calibration", key))
+        else:
+            rows.append(_row(name, cache))
     return rows

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from wanda_export.cache.keys import CalibrationKey, dense_perplexity_key, plan_digest
+import torch
+
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
 from wanda_export.config.models import ONNX_FORMATS
-from wanda_export.data.windows import token_digest
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
 from wanda_export.export.onnx import convert_to_fp16, export_onnx
@@ -24,30 +24,16 @@ from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.record import GateResult, StageRecord
 from wanda_export.sparsity.pattern import parse_pattern
+from wanda_export.sparsity.verify import SparsityReport
 
 CHECKPOINT_DIR = "model"
 ONNX_DIR = "onnx"
 
 StageFn = Callable[[RunContext], StageRecord]
-
-
-def calibration_key(ctx: RunContext) -> CalibrationKey:
-    """The cache key of this run's activation statistics."""
-    spec, data = ctx.spec, ctx.config.data.calibration
-    return CalibrationKey(
-        model_fingerprint=ctx.loaded.fingerprint,
-        calibration_digest=token_digest(ctx.calibration_windows),
-        nsamples=data.nsamples,
-        seqlen=data.seqlen,
-        seed=data.seed,
-        dtype=ctx.config.model.dtype,
-        mode=spec.mode,
-        targets=tuple(target.name for target in ctx.targets),
-        plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern, spec.comparison_group),
-    )
 
 
 def run_calibrate(ctx: RunContext) -> StageRecord:
@@ -56,8 +42,9 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
     if spec is None or not spec.needs_calibration:
         return StageRecord("calibrate", status="skipped",
                            detail={"reason": "the scoring method needs no activations"})
-    key = calibration_key(ctx)
     windows = ctx.calibration_windows
+    key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
+                              [target.name for target in ctx.targets])
     model = ctx.loaded.model
 
     def compute():
@@ -87,20 +74,26 @@ def run_score(ctx: RunContext) -> StageRecord:
     return StageRecord("score", detail={"method": spec.method, "group": spec.comparison_group})
 
 
+def _record_sparsity(ctx: RunContext) -> SparsityReport:
+    """Verify every target's weight as it now is and put the result in the run record."""
+    spec = ctx.spec
+    report = verify_targets(ctx.targets, spec.parsed_pattern)
+    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    return report
+
+
 def run_mask(ctx: RunContext) -> StageRecord:
     """Score, mask and zero every target in place, then record the sparsity reached."""
     spec = ctx.spec
     prune_targets(ctx.targets, spec, ctx.stats)
-    report = verify_targets(ctx.targets, spec.parsed_pattern)
-    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    report = _record_sparsity(ctx)
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall})
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
     """Re-read every target's weight and check sparsity and the N:M pattern along K."""
     spec = ctx.spec
-    report = verify_targets(ctx.targets, spec.parsed_pattern)
-    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    report = _record_sparsity(ctx)
     invalid = [name for name, layer in report.layers.items() if not layer.valid]
     ctx.record.gates.append(GateResult(
         name="verify", passed=not invalid, value=len(invalid), threshold=0,
@@ -114,12 +107,9 @@ def run_dense_baseline(ctx: RunContext) -> StageRecord:
     """Perplexity of the unpruned model (before any mask), cached per model and evaluation set."""
     data = ctx.config.data.evaluation
     windows = ctx.evaluation_windows
-    key = dense_perplexity_key(ctx.loaded.fingerprint, token_digest(windows), data.seqlen,
-                               data.max_windows, ctx.config.model.dtype)
+    key = dense_perplexity_key_for(ctx.config, ctx.loaded.fingerprint, windows)
 
     def compute():
-        import torch
-
         with ctx.progress.task("evaluate (dense)", windows.shape[0]) as advance:
             value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
         return {"perplexity": torch.tensor([value], dtype=torch.float64)}
@@ -189,8 +179,10 @@ def _verify_in_file(ctx: RunContext, path: Path, label: str) -> OnnxVerification
     return verification
 
 
-def _export_onnx(ctx: RunContext, formats: list[str], stage) -> dict:
-    """ONNX (fp32, optional fp16 copy, TensorRT recipe), verified in the file, parity-checked."""
+def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool]:
+    """ONNX (fp32, optional fp16 copy, TensorRT recipe), verified in the file, parity-checked.
+
+    Returns the stage detail and whether every file passed its in-file verification."""
     directory = ctx.staging / ONNX_DIR
     exported = export_onnx(ctx.loaded.model, directory / "model.onnx")
     ctx.loaded.model.config.save_pretrained(directory)
@@ -198,9 +190,10 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> dict:
         ctx.loaded.tokenizer.save_pretrained(directory)
     detail = {"onnx_export_seconds": round(exported.seconds, 3)}
     verification = _verify_in_file(ctx, exported.path, "onnx")
+    valid = verification.valid
     if "onnx-fp16" in formats:
         fp16 = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
-        _verify_in_file(ctx, fp16, "onnx-fp16")
+        valid = _verify_in_file(ctx, fp16, "onnx-fp16").valid and valid
     if "tensorrt" in formats:
         write_tensorrt_recipe(directory, exported.path.name, verification)
     if stage.parity:
@@ -209,7 +202,7 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> dict:
                                     exported.layout, new_tokens=stage.parity_tokens)
             advance(1)
         ctx.record.metrics["parity"] = parity.to_dict()
-    return detail
+    return detail, valid
 
 
 def artifact_sizes(ctx: RunContext) -> dict:
@@ -230,18 +223,18 @@ def artifact_sizes(ctx: RunContext) -> dict:
 
 def run_export(ctx: RunContext) -> StageRecord:
     """Write each requested artifact format into the staging folder."""
-    written: list[Path] = []
     stage = ctx.config.stage("export")
     formats = list(stage.formats)
     detail: dict = {"formats": formats}
+    valid = True
     if "safetensors" in formats:
-        written += export_checkpoint(ctx.loaded.model, ctx.loaded.tokenizer,
-                                     ctx.staging / CHECKPOINT_DIR, pruning_plan(ctx))
+        export_checkpoint(ctx.loaded.model, ctx.loaded.tokenizer, ctx.staging / CHECKPOINT_DIR,
+                          pruning_plan(ctx))
     if ONNX_FORMATS & set(formats):
-        detail.update(_export_onnx(ctx, formats, stage))
+        onnx_detail, valid = _export_onnx(ctx, formats, stage)
+        detail.update(onnx_detail)
     ctx.record.metrics["sizes"] = artifact_sizes(ctx)
-    failed = [g.name for g in ctx.record.gates if g.name.endswith(".sparsity") and not g.passed]
-    return StageRecord("export", status="failed" if failed else "ok", detail=detail)
+    return StageRecord("export", status="ok" if valid else "failed", detail=detail)
 
 
 STAGES: dict[str, StageFn] = {
