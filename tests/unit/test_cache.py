@@ -19,7 +19,7 @@ from filelock import FileLock
 from safetensors.torch import load_file
 
 from wanda_export.cache import CacheStore, CalibrationKey, digest_of, plan_digest
-from wanda_export.cache.keys import COLLECTOR_VERSION, canonical_json
+from wanda_export.cache.keys import COLLECTOR_VERSION, canonical_json, esd_alphas_key
 from wanda_export.cache.store import MANIFEST_FILE, TENSORS_FILE
 from wanda_export.errors import EnvironmentProblem
 
@@ -153,6 +153,7 @@ def test_every_included_field_changes_the_key() -> None:
         "targets": ("model.layers.0.mlp.down_proj",),
         "collector_version": COLLECTOR_VERSION + 1,
         "plan_digest": plan_digest("wanda", 0.6, "unstructured", "row"),
+        "hessian": True,
     }
     assert set(changed) == {field.name for field in dataclasses.fields(CalibrationKey)}
     digests = {BASE_KEY.digest()}
@@ -196,6 +197,27 @@ def test_plan_digest_depends_on_each_argument() -> None:
     ]
     assert len({plan_digest(*variant) for variant in variants}) == len(variants)
     assert plan_digest("wanda", 1, "2:4", "row") == plan_digest("wanda", 1.0, "2:4", "row")
+
+
+def test_fields_added_later_keep_the_earlier_keys() -> None:
+    """hessian=False and empty plan settings leave the record as before they existed, so cache
+    entries written by earlier versions still hit; any value of theirs changes the key."""
+    assert "hessian" not in BASE_KEY.record()
+    assert plan_digest("wanda", 0.5, "unstructured", "row", {}) == plan_digest(
+        "wanda", 0.5, "unstructured", "row")
+    settings = [{"allocation": {"method": "owl", "owl_lambda": 0.08}},
+                {"allocation": {"method": "owl", "owl_lambda": 0.1}},
+                {"sparsegpt": {"dampening": 0.01, "block_size": 128}}]
+    digests = {plan_digest("wanda", 0.5, "unstructured", "row", s) for s in settings}
+    assert len(digests | {plan_digest("wanda", 0.5, "unstructured", "row")}) == 4
+
+
+def test_alpha_key_depends_on_weights_targets_and_xmin_only() -> None:
+    base = esd_alphas_key("sha256:aa", ["b", "a"], "ks")
+    assert base == esd_alphas_key("sha256:aa", ["a", "b"], "ks")
+    others = {esd_alphas_key("sha256:bb", ["a", "b"], "ks"), esd_alphas_key("sha256:aa", ["a"], "ks"),
+              esd_alphas_key("sha256:aa", ["a", "b"], "median")}
+    assert base not in others and len(others) == 3
 
 
 def test_unknown_mode_is_rejected() -> None:

@@ -35,7 +35,7 @@ data:
   evaluation:  {source: text, path: eval.txt, seqlen: 512, max_windows: 64}
 stages:
   - calibrate: {mode: sequential}          # sequential | dense
-  - score: {method: wanda}                 # wanda | magnitude (| sparsegpt later)
+  - score: {method: wanda}                 # wanda | magnitude | sparsegpt
   - mask: {sparsity: 0.5, pattern: "2:4"}  # unstructured | "N:M"
   - verify: {}
   - evaluate: {perplexity: true}
@@ -136,6 +136,21 @@ def test_an_nm_pattern_fills_in_its_sparsity(tmp_path: Path) -> None:
     assert config.stage("mask").sparsity == 0.75
 
 
+def test_layerwise_and_sparsegpt_settings_reach_the_prune_spec(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """\
+        version: 1
+        stages:
+          - calibrate: {}
+          - score: {method: sparsegpt, dampening: 0.02, block_size: 64}
+          - mask: {sparsity: 0.7, allocation: alphapruning, epsilon: 0.2, alpha_xmin: median,
+                   granularity: matrix}
+        """))
+    spec = config.prune_spec()
+    assert (spec.method, spec.dampening, spec.block_size) == ("sparsegpt", 0.02, 64)
+    assert (spec.allocation, spec.epsilon, spec.alpha_xmin) == ("alphapruning", 0.2, "median")
+    assert spec.allocation_granularity == "matrix" and spec.needs_hessian
+
+
 def test_prune_spec_carries_the_stage_settings(project: Path) -> None:
     config = load_config(write(project, SUPPORTED_EXAMPLE.replace("sequential}", "dense}")))
     spec = config.prune_spec()
@@ -154,7 +169,9 @@ def test_stage_entries_dump_as_one_key_mappings_and_round_trip(project: Path) ->
     config = load_config(write(project, SUPPORTED_EXAMPLE))
     dump = config.model_dump(mode="json")
     assert dump["stages"][2] == {
-        "mask": {"sparsity": 0.5, "pattern": "2:4", "include": [], "exclude": []}
+        "mask": {"sparsity": 0.5, "pattern": "2:4", "include": [], "exclude": [],
+                 "allocation": "uniform", "epsilon": 0.3, "alpha_xmin": "ks", "owl_m": 5.0,
+                 "owl_lambda": 0.08, "granularity": "block"}
     }
     again = PipelineConfig.model_validate(dump, context={"base_dir": project})
     assert again.model_dump() == config.model_dump()

@@ -15,6 +15,9 @@ What the calibration key DELIBERATELY LEAVES OUT, and why:
   serve any sparsity or pattern, so ``plan_digest`` is forced to None in the record there.
 - the model path string: the weight fingerprint identifies the weights, so a moved or renamed
   checkpoint directory still hits.
+
+Fields added after the first release (``hessian``, the plan ``settings``) enter a record only
+when they differ from the behaviour before them, so entries written earlier keep their keys.
 """
 
 from __future__ import annotations
@@ -43,22 +46,25 @@ def digest_of(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
 
 
-def plan_digest(method: str, sparsity: float, pattern: str, group: str) -> str:
+def plan_digest(method: str, sparsity: float, pattern: str, group: str,
+                settings: dict[str, Any] | None = None) -> str:
     """Digest of how layers are pruned, for sequential-mode keys.
 
     In sequential mode the statistics of layer i are taken after layers < i were pruned, so they
-    depend on the pruning method, sparsity, pattern (e.g. "unstructured", "2:4") and comparison
-    group. ``sparsity`` is normalised to float so 1 and 1.0 give the same digest.
+    depend on the pruning method, sparsity, pattern (e.g. "unstructured", "2:4"), comparison
+    group and `settings`: the layer-wise allocation and SparseGPT's parameters, when used.
+    ``sparsity`` is normalised to float so 1 and 1.0 give the same digest.
     """
-    return digest_of(
-        {
-            "schema": PLAN_SCHEMA,
-            "method": method,
-            "sparsity": float(sparsity),
-            "pattern": pattern,
-            "group": group,
-        }
-    )
+    record = {
+        "schema": PLAN_SCHEMA,
+        "method": method,
+        "sparsity": float(sparsity),
+        "pattern": pattern,
+        "group": group,
+    }
+    if settings:
+        record["settings"] = settings
+    return digest_of(record)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class CalibrationKey:
     targets: tuple[str, ...]
     collector_version: int = COLLECTOR_VERSION
     plan_digest: str | None = None
+    hessian: bool = False  # X^T X per target too (SparseGPT)
 
     def __post_init__(self) -> None:
         """Reject unknown modes and store ``targets`` as a tuple whatever sequence was passed."""
@@ -88,7 +95,7 @@ class CalibrationKey:
 
     def record(self) -> dict[str, Any]:
         """Return the explicit record the key is the digest of (also stored in the manifest)."""
-        return {
+        record = {
             "schema": CALIBRATION_SCHEMA,
             "model_fingerprint": self.model_fingerprint,
             "calibration_digest": self.calibration_digest,
@@ -101,10 +108,25 @@ class CalibrationKey:
             "collector_version": int(self.collector_version),
             "plan_digest": self.plan_digest if self.mode == "sequential" else None,
         }
+        if self.hessian:
+            record["hessian"] = True
+        return record
 
     def digest(self) -> str:
         """Return the cache key: the sha256 of the record's canonical JSON."""
         return digest_of(self.record())
+
+
+ESD_ALPHAS_SCHEMA = "esd-alphas"
+# Bump when the ESD or the Hill estimator changes what it returns.
+ESD_VERSION = 1
+
+
+def esd_alphas_key(model_fingerprint: str, targets: list[str], xmin: str) -> str:
+    """Key of the per-matrix power-law alphas: they depend on the weights and the xmin rule only
+    (not on the data, the sparsity or the epsilon that maps them to ratios)."""
+    return digest_of({"schema": ESD_ALPHAS_SCHEMA, "model_fingerprint": model_fingerprint,
+                      "targets": sorted(set(targets)), "xmin": xmin, "version": ESD_VERSION})
 
 
 DENSE_PERPLEXITY_SCHEMA = "dense-perplexity"

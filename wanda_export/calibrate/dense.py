@@ -31,9 +31,11 @@ def collect_dense(
     targets: list[Target],
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    hessian: bool = False,
 ) -> dict[str, ChannelStats]:
-    """Run `windows` [nsamples, seqlen] through the model once, returning stats per target."""
-    stats = empty_stats(targets)
+    """Run `windows` [nsamples, seqlen] through the model once, returning stats per target
+    (with X^T X when `hessian`, for SparseGPT)."""
+    stats = empty_stats(targets, hessian)
     device = next(model.parameters()).device
     extra = _forward_kwargs(model, targets)
     with collecting(targets, stats):

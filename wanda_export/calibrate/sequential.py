@@ -96,10 +96,12 @@ def calibrate_sequential(
     prune_layer: Callable[[int, dict[str, ChannelStats]], None],
     batch_size: int = 8,
     on_layer: Callable[[int], None] | None = None,
+    hessian: bool = False,
 ) -> dict[str, ChannelStats]:
     """Calibrate layer by layer; `prune_layer(index, stats_of_that_layer)` prunes it in place.
 
-    Returns the statistics of every target as seen by the (already pruned) upstream layers.
+    Returns the statistics of every target as seen by the (already pruned) upstream layers,
+    with X^T X when `hessian` (for SparseGPT).
     """
     outside = [t.name for t in targets if t.layer_index is None]
     if outside:
@@ -111,7 +113,7 @@ def calibrate_sequential(
     all_stats: dict[str, ChannelStats] = {}
     for index, layer in enumerate(layers):
         layer_targets = [t for t in targets if t.layer_index == index]
-        stats = empty_stats(layer_targets)
+        stats = empty_stats(layer_targets, hessian)
         if layer_targets:
             _stats_pass(layer, batches, layer_targets, stats)
             prune_layer(index, stats)

@@ -1,7 +1,9 @@
 """Per-input-channel activation statistics and the hooks that accumulate them.
 
 For each targeted linear we keep sum over tokens of x_j^2 (float32) and the token count: enough
-for Wanda's ||X_j||_2 and reusable for any sparsity or pattern.
+for Wanda's ||X_j||_2 and reusable for any sparsity or pattern. SparseGPT also needs the full
+second moment X^T X ([in, in], float32), collected only when asked for: it is in_features times
+larger.
 """
 
 from __future__ import annotations
@@ -20,16 +22,37 @@ STATS_DTYPE = torch.float32
 
 @dataclass
 class ChannelStats:
-    """Sum of squares per input channel, shape [in], and how many tokens went into it."""
+    """Sum of squares per input channel, shape [in], how many tokens went into it, and
+    optionally the sum of outer products X^T X, shape [in, in] (whose diagonal is `sumsq`)."""
 
     sumsq: torch.Tensor
     tokens: int = 0
+    xtx: torch.Tensor | None = None
 
-    def add(self, inputs: torch.Tensor) -> None:
-        """Accumulate a batch of layer inputs of shape (..., in)."""
-        flat = inputs.detach().reshape(-1, inputs.shape[-1])
-        self.sumsq += flat.to(STATS_DTYPE).square().sum(dim=0)
+    def add(self, inputs: torch.Tensor, products: SharedProducts | None = None) -> None:
+        """Accumulate a batch of layer inputs of shape (..., in); `products` shares X^T X
+        between layers fed the very same input tensor."""
+        flat = inputs.detach().reshape(-1, inputs.shape[-1]).to(STATS_DTYPE)
+        self.sumsq += flat.square().sum(dim=0)
+        if self.xtx is not None:
+            self.xtx += (products or SharedProducts()).product(inputs, flat)
         self.tokens += flat.shape[0]
+
+
+class SharedProducts:
+    """X^T X of the most recent input tensor. q/k/v (and gate/up) projections receive the very
+    same tensor object, so its [in, in] product, the costly part of SparseGPT's calibration, is
+    computed once for all of them. The reference held here keeps the identity check sound."""
+
+    def __init__(self) -> None:
+        self._input: torch.Tensor | None = None
+        self._product: torch.Tensor | None = None
+
+    def product(self, inputs: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """X^T X of `flat` (the float32 [tokens, in] view of `inputs`), reused when repeated."""
+        if inputs is not self._input:
+            self._input, self._product = inputs, flat.T @ flat
+        return self._product
 
     @property
     def norms(self) -> torch.Tensor:
@@ -37,25 +60,29 @@ class ChannelStats:
         return self.sumsq.sqrt()
 
 
-def empty_stats(targets: list[Target]) -> dict[str, ChannelStats]:
-    """Zeroed statistics for every target, on the device of its weight."""
-    return {
-        target.name: ChannelStats(
-            torch.zeros(target.in_features, dtype=STATS_DTYPE, device=target.module.weight.device)
+def empty_stats(targets: list[Target], hessian: bool = False) -> dict[str, ChannelStats]:
+    """Zeroed statistics for every target, on the device of its weight; with `hessian`, X^T X
+    is accumulated too."""
+    stats = {}
+    for target in targets:
+        device, size = target.module.weight.device, target.in_features
+        stats[target.name] = ChannelStats(
+            torch.zeros(size, dtype=STATS_DTYPE, device=device),
+            xtx=torch.zeros(size, size, dtype=STATS_DTYPE, device=device) if hessian else None,
         )
-        for target in targets
-    }
+    return stats
 
 
 @contextmanager
 def collecting(targets: list[Target], stats: dict[str, ChannelStats]) -> Iterator[None]:
     """While active, every forward call of a target adds its input to `stats[target.name]`."""
     handles = []
+    products = SharedProducts()
     for target in targets:
         entry = stats[target.name]
 
         def hook(_module, args, entry=entry):
-            entry.add(args[0])
+            entry.add(args[0], products)
 
         handles.append(target.module.register_forward_pre_hook(hook))
     try:
@@ -66,11 +93,14 @@ def collecting(targets: list[Target], stats: dict[str, ChannelStats]) -> Iterato
 
 
 def stats_to_tensors(stats: dict[str, ChannelStats]) -> dict[str, torch.Tensor]:
-    """Flatten to a name -> tensor dict for safetensors: `<name>.sumsq` and `<name>.tokens`."""
+    """Flatten to a name -> tensor dict for safetensors: `<name>.sumsq`, `<name>.tokens` and,
+    when collected, `<name>.xtx`."""
     tensors: dict[str, torch.Tensor] = {}
     for name, entry in stats.items():
         tensors[f"{name}.sumsq"] = entry.sumsq.detach().to("cpu", STATS_DTYPE).contiguous()
         tensors[f"{name}.tokens"] = torch.tensor([entry.tokens], dtype=torch.int64)
+        if entry.xtx is not None:
+            tensors[f"{name}.xtx"] = entry.xtx.detach().to("cpu", STATS_DTYPE).contiguous()
     return tensors
 
 
@@ -80,5 +110,7 @@ def stats_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, ChannelSta
     for key, value in tensors.items():
         if key.endswith(".sumsq"):
             name = key[: -len(".sumsq")]
-            stats[name] = ChannelStats(value.to(STATS_DTYPE), int(tensors[f"{name}.tokens"][0]))
+            xtx = tensors.get(f"{name}.xtx")
+            stats[name] = ChannelStats(value.to(STATS_DTYPE), int(tensors[f"{name}.tokens"][0]),
+                                       None if xtx is None else xtx.to(STATS_DTYPE))
     return stats

@@ -54,7 +54,6 @@ STAGE_ORDER: tuple[str, ...] = (
 EXPORT_FORMATS: tuple[str, ...] = ("safetensors", "onnx", "onnx-fp16", "tensorrt")
 PLANNED_EXPORT_FORMATS: tuple[str, ...] = ()
 ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "tensorrt"})
-PLANNED_METHODS: tuple[str, ...] = ("sparsegpt",)
 MAX_SEQLEN = 131072
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
@@ -277,30 +276,78 @@ class CalibrateStage(StrictModel):
     mode: Literal["sequential", "dense"] = "sequential"
 
 
-def _method_available(value: Any) -> Any:
-    """Name a planned scoring method as not available yet rather than as unknown."""
-    if value in PLANNED_METHODS:
-        raise custom_error(
-            f"the {value!r} method is not available in this version of wanda-export; "
-            "use 'wanda' or 'magnitude'"
-        )
-    return value
+def only_with(fields: BaseModel, keys: tuple[str, ...], condition: bool, owner: str) -> list[dict]:
+    """Problems for each of `keys` given a non-default value although `condition` (its owner)
+    is off. An explicit default is accepted, so a dumped config validates again."""
+    if condition:
+        return []
+    return [problem((key,), f"only {owner} takes {key!r}", at_key=True) for key in keys
+            if getattr(fields, key) != type(fields).model_fields[key].default]
 
 
 class ScoreStage(StrictModel):
-    """How weights are ranked; `group` None takes the method's usual comparison group."""
+    """How weights are ranked; `group` None takes the method's usual comparison group.
 
-    method: Annotated[Literal["wanda", "magnitude"], BeforeValidator(_method_available)] = "wanda"
+    sparsegpt reconstructs the kept weights from the input Hessian (`dampening` relative to
+    its mean diagonal, columns processed in blocks of `block_size`); it takes no group.
+    """
+
+    method: Literal["wanda", "magnitude", "sparsegpt"] = "wanda"
     group: Literal["row", "layer"] | None = None
+    dampening: float = Field(0.01, gt=0.0, lt=1.0)
+    block_size: int = Field(128, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _settings_fit_the_method(self) -> Self:
+        sparsegpt = self.method == "sparsegpt"
+        problems = only_with(self, ("dampening", "block_size"), sparsegpt, "method 'sparsegpt'")
+        if sparsegpt and self.group is not None:
+            problems.append(problem(("group",), "method 'sparsegpt' chooses its mask per block "
+                                    "of columns and takes no group", at_key=True))
+        if problems:
+            raise rules_error(problems)
+        return self
 
 
 class MaskStage(StrictModel):
-    """How much to prune, in which pattern, and which linear layers (fnmatch globs)."""
+    """How much to prune, in which pattern, and which linear layers (fnmatch globs).
+
+    `allocation` spreads `sparsity` over the layers (the parameter-weighted mean stays exact):
+    uniform; alphapruning (ratios in [s - epsilon, s + epsilon] from each weight's ESD
+    power-law alpha, Hill estimator with `alpha_xmin`); owl (ratios in [s - owl_lambda,
+    s + owl_lambda] from the share of Wanda scores above owl_m times their mean). One ratio per
+    decoder block or per matrix (`granularity`). N:M patterns need uniform allocation.
+    """
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: str = "unstructured"
     include: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    allocation: Literal["uniform", "alphapruning", "owl"] = "uniform"
+    epsilon: float = Field(0.3, gt=0.0, lt=1.0)
+    alpha_xmin: Literal["ks", "median"] = "ks"
+    owl_m: float = Field(5.0, gt=0.0)
+    owl_lambda: float = Field(0.08, gt=0.0, lt=1.0)
+    granularity: Literal["block", "matrix"] = "block"
+
+    @model_validator(mode="after")
+    def _allocation_settings(self) -> Self:
+        problems = [
+            *only_with(self, ("epsilon", "alpha_xmin"), self.allocation == "alphapruning",
+                       "allocation 'alphapruning'"),
+            *only_with(self, ("owl_m", "owl_lambda"), self.allocation == "owl",
+                       "allocation 'owl'"),
+            *only_with(self, ("granularity",), self.allocation != "uniform",
+                       "a layer-wise allocation"),
+        ]
+        if self.allocation != "uniform" and parse_pattern(self.pattern).structured:
+            problems.append(problem(
+                ("allocation",), f"allocation {self.allocation!r} gives layers different "
+                f"ratios, but pattern {self.pattern} needs the same N:M in every layer; use "
+                "allocation: uniform or an unstructured pattern"))
+        if problems:
+            raise rules_error(problems)
+        return self
 
     @field_validator("pattern")
     @classmethod
@@ -635,6 +682,14 @@ class PipelineConfig(StrictModel):
             include=tuple(mask.include),
             exclude=tuple(mask.exclude),
             batch_size=calibration.batch_size if calibration is not None else 8,
+            allocation=mask.allocation,
+            epsilon=mask.epsilon,
+            alpha_xmin=mask.alpha_xmin,
+            owl_m=mask.owl_m,
+            owl_lambda=mask.owl_lambda,
+            allocation_granularity=mask.granularity,
+            dampening=score.dampening,
+            block_size=score.block_size,
         )
 
 
@@ -678,12 +733,21 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
         problems.append(
             problem(("data", "calibration"), "the calibrate stage needs calibration data, not null")
         )
-    if score is not None and score.method == "wanda" and "calibrate" not in at:
+    if score is not None and score.method != "magnitude" and "calibrate" not in at:
         problems.append(
             problem(
                 (*at["score"], "method"),
-                "method 'wanda' needs activation statistics: add '- calibrate: {}' before score, "
-                "or use method: magnitude",
+                f"method {score.method!r} needs activation statistics: add '- calibrate: {{}}' "
+                "before score, or use method: magnitude",
+            )
+        )
+    mask_stage: MaskStage | None = config.stage("mask")
+    if mask_stage is not None and mask_stage.allocation == "owl" and "calibrate" not in at:
+        problems.append(
+            problem(
+                (*at["mask"], "allocation"),
+                "allocation 'owl' needs activation statistics: add '- calibrate: {}' before "
+                "score",
             )
         )
     if "evaluate" in at and config.data.evaluation is None:

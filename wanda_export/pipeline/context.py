@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from wanda_export.allocation import Allocation
 from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
@@ -30,6 +31,9 @@ class RunContext:
     loaded: LoadedModel
     progress: NullProgress = field(default_factory=NullProgress)
     stats: dict[str, ChannelStats] | None = None
+    allocation: Allocation | None = None
+    allocation_inputs: dict[str, str] = field(default_factory=dict)  # cache hit/miss per input
+    pruned_in_calibration: bool = False  # a sequential calibration miss pruned as it went
 
     @property
     def spec(self) -> PruneSpec | None:

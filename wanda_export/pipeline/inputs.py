@@ -15,6 +15,7 @@ from wanda_export.data.windows import (
     split_windows,
     token_digest,
 )
+from wanda_export.prune import PruneSpec
 
 
 def calibration_windows_for(config: PipelineConfig, tokenizer) -> torch.Tensor:
@@ -32,10 +33,27 @@ def evaluation_windows_for(config: PipelineConfig, tokenizer) -> torch.Tensor:
     return split_windows(evaluation_ids(tokenizer, documents), data.seqlen, data.max_windows)
 
 
+def plan_settings(spec: PruneSpec) -> dict:
+    """The pruning settings beyond method/sparsity/pattern/group that shape sequential
+    statistics: the layer-wise allocation and SparseGPT's, each only when in use."""
+    settings: dict = {}
+    if spec.allocation != "uniform":
+        settings["allocation"] = {"method": spec.allocation, "epsilon": spec.epsilon,
+                                  "alpha_xmin": spec.alpha_xmin, "owl_m": spec.owl_m,
+                                  "owl_lambda": spec.owl_lambda,
+                                  "granularity": spec.allocation_granularity}
+    if spec.method == "sparsegpt":
+        settings["sparsegpt"] = {"dampening": spec.dampening, "block_size": spec.block_size}
+    return settings
+
+
 def calibration_key_for(config: PipelineConfig, fingerprint: str, windows: torch.Tensor,
-                        target_names: list[str]) -> CalibrationKey:
-    """The key of the activation statistics this pipeline collects."""
+                        target_names: list[str], mode: str | None = None,
+                        hessian: bool | None = None) -> CalibrationKey:
+    """The key of the activation statistics this pipeline collects (`mode` and `hessian`
+    override the pipeline's, e.g. for OWL's dense statistics in a sequential run)."""
     spec, data = config.prune_spec(), config.data.calibration
+    mode = mode or spec.mode
     return CalibrationKey(
         model_fingerprint=fingerprint,
         calibration_digest=token_digest(windows),
@@ -43,9 +61,11 @@ def calibration_key_for(config: PipelineConfig, fingerprint: str, windows: torch
         seqlen=data.seqlen,
         seed=data.seed,
         dtype=config.model.dtype,
-        mode=spec.mode,
+        mode=mode,
         targets=tuple(target_names),
-        plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern, spec.comparison_group),
+        plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern, spec.comparison_group,
+                                plan_settings(spec)),
+        hessian=spec.needs_hessian if hessian is None else hessian,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wanda_export.cache.keys import esd_alphas_key
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, meta_model
 from wanda_export.model.fingerprint import model_fingerprint
@@ -48,13 +49,24 @@ def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) 
         windows = evaluation_windows_for(config, tokenizer)
         key = dense_perplexity_key_for(config, fingerprint, windows)
         rows.append(_row("evaluate-dense", cache, "perplexity", key))
+    names: list[str] = []
+    if spec is not None:
+        names = [t.name for t in find_targets(meta_model(model_source, revision=config.model.revision),
+                                              list(spec.include) or None,
+                                              list(spec.exclude) or None)]
     for name in config.stage_names():
         if name == "calibrate" and spec is not None and spec.needs_calibration:
-            targets = find_targets(meta_model(model_source, revision=config.model.revision),
-                                   list(spec.include) or None, list(spec.exclude) or None)
-            key = calibration_key_for(config, fingerprint, calibration_windows_for(config, tokenizer),
-                                      [t.name for t in targets]).digest()
+            windows = calibration_windows_for(config, tokenizer)
+            if spec.allocation == "owl" and spec.mode == "sequential":
+                key = calibration_key_for(config, fingerprint, windows, names, mode="dense",
+                                          hessian=False).digest()
+                rows.append(_row("allocate-owl-statistics", cache, "calibration", key))
+            key = calibration_key_for(config, fingerprint, windows, names).digest()
             rows.append(_row(name, cache, "calibration", key))
+        elif name == "mask" and spec is not None and spec.allocation == "alphapruning":
+            key = esd_alphas_key(fingerprint, names, spec.alpha_xmin)
+            rows.append(_row("allocate-alphas", cache, "alphas", key))
+            rows.append(_row(name, cache))
         else:
             rows.append(_row(name, cache))
     return rows

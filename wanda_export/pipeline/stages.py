@@ -3,8 +3,9 @@ returns its StageRecord (status, cache hit/miss, detail); the runner times it.
 
 Scores are computed inside the mask stage (scoring every weight is only worth it to mask it);
 the score stage records the method. In sequential mode a calibration miss prunes layer by layer
-while it calibrates (the paper's algorithm); the mask stage then re-applies the same masks from
-the statistics, which changes nothing, so a cache hit and a miss give identical weights.
+while it calibrates (the paper's algorithm) and the mask stage leaves the weights alone; on a
+hit the mask stage prunes each layer from its cached statistics, which gives the same weights
+(each layer's result depends only on its own dense weight and statistics).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
+from wanda_export.pipeline.layerwise import ensure_allocation
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.record import GateResult, StageRecord
 from wanda_export.sparsity.pattern import parse_pattern
@@ -50,12 +52,15 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
     def compute():
         if spec.mode == "dense":
             with ctx.progress.task("calibrate (dense)", windows.shape[0]) as advance:
-                stats = collect_dense(model, windows, ctx.targets, spec.batch_size, advance)
+                stats = collect_dense(model, windows, ctx.targets, spec.batch_size, advance,
+                                      spec.needs_hessian)
         else:
+            allocation = ensure_allocation(ctx)
             layers = len({t.layer_index for t in ctx.targets})
             with ctx.progress.task("calibrate (sequential)", layers) as advance:
-                stats = prune_model(model, spec, windows,
-                                    on_progress=lambda _index: advance(1)).stats
+                stats = prune_model(model, spec, windows, on_progress=lambda _index: advance(1),
+                                    allocation=allocation).stats
+            ctx.pruned_in_calibration = True
         return stats_to_tensors(stats)
 
     tensors, hit = ctx.cache.get_or_compute(
@@ -71,7 +76,10 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
 def run_score(ctx: RunContext) -> StageRecord:
     """Record the scoring method; the scores themselves are computed by the mask stage."""
     spec = ctx.spec
-    return StageRecord("score", detail={"method": spec.method, "group": spec.comparison_group})
+    detail = {"method": spec.method, "group": spec.comparison_group}
+    if spec.method == "sparsegpt":
+        detail |= {"dampening": spec.dampening, "block_size": spec.block_size}
+    return StageRecord("score", detail=detail)
 
 
 def _record_sparsity(ctx: RunContext) -> SparsityReport:
@@ -79,15 +87,23 @@ def _record_sparsity(ctx: RunContext) -> SparsityReport:
     spec = ctx.spec
     report = verify_targets(ctx.targets, spec.parsed_pattern)
     ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    if ctx.allocation is not None:
+        ctx.record.sparsity["allocation"] = ctx.allocation.to_dict()
     return report
 
 
 def run_mask(ctx: RunContext) -> StageRecord:
-    """Score, mask and zero every target in place, then record the sparsity reached."""
+    """Score, mask and zero every target in place (at its allocated ratio), then record the
+    sparsity reached."""
     spec = ctx.spec
-    prune_targets(ctx.targets, spec, ctx.stats)
+    allocation = ensure_allocation(ctx)
+    if not ctx.pruned_in_calibration:
+        prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios)
     report = _record_sparsity(ctx)
-    return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall})
+    return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,
+                                       "allocation": allocation.method,
+                                       **({"cache": ctx.allocation_inputs}
+                                          if ctx.allocation_inputs else {})})
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
@@ -152,6 +168,10 @@ def pruning_plan(ctx: RunContext) -> dict:
         "pattern": spec.pattern if spec else None,
         "group": spec.comparison_group if spec else None,
         "mode": spec.mode if spec else None,
+        "allocation": None if ctx.allocation is None else {
+            key: value for key, value in ctx.allocation.to_dict().items() if key != "layers"},
+        "sparsegpt": None if spec is None or spec.method != "sparsegpt" else {
+            "dampening": spec.dampening, "block_size": spec.block_size},
         "calibration": None if calibration is None else {
             "source": calibration.source, "nsamples": calibration.nsamples,
             "seqlen": calibration.seqlen, "seed": calibration.seed},

@@ -1,7 +1,8 @@
 """Layer-wise sparsity allocation: AlphaPruning (Lu et al. 2024) and OWL (Yin et al. 2023).
 
 Pure functions from per-layer measurements to per-layer sparsity ratios whose
-parameter-weighted mean is exactly the target. Not yet wired into the pipeline (issue 6).
+parameter-weighted mean is exactly the target. Measurements are per weight matrix; a "group"
+(by default the decoder block, or the matrix itself) shares one ratio, as in both papers.
 
 AlphaPruning: the empirical spectral density (ESD) of a weight matrix is the set of
 eigenvalues of W^T W (its squared singular values); a heavier tail (smaller power-law exponent
@@ -12,18 +13,26 @@ activations (Wanda scores far above their mean) is pruned less.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
 # Spectra are computed in float64: squared singular values span many orders of magnitude.
 ESD_DTYPE = torch.float64
 MAX_RATIO = 0.99
+ALLOCATIONS = ("uniform", "alphapruning", "owl")
+XMIN_METHODS = ("ks", "median")
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of W^T W, ascending: the squared singular values of W."""
-    return torch.linalg.svdvals(weight.detach().to(ESD_DTYPE)).square().sort().values
+    """Eigenvalues of W^T W, ascending: the squared singular values of W.
+
+    Computed as the eigenvalues of the smaller Gram matrix (W^T W or W W^T share their non-zero
+    spectrum) in float64: twice as fast as svdvals and equal to it to float64 rounding.
+    """
+    matrix = weight.detach().to(ESD_DTYPE)
+    gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+    return torch.linalg.eigvalsh(gram).clamp_min(0).sort().values
 
 
 def hill_alpha(eigenvalues: torch.Tensor, xmin: str = "ks") -> float:
@@ -40,28 +49,40 @@ def hill_alpha(eigenvalues: torch.Tensor, xmin: str = "ks") -> float:
         raise ValueError("need at least 3 positive eigenvalues to fit a power law")
     logs = eigs.log()
     suffix_log_sums = torch.flip(torch.cumsum(torch.flip(logs, [0]), 0), [0])  # sum_{j>=i}
-    if xmin == "median":
-        candidates = [count // 2]
-    elif xmin == "ks":
-        candidates = range(count - 2)
-    else:
+    if xmin not in XMIN_METHODS:
         raise ValueError(f"xmin must be 'ks' or 'median', got {xmin!r}")
-    best_alpha, best_distance = math.nan, math.inf
-    for i in candidates:
-        n = count - i
-        denominator = float(suffix_log_sums[i]) - n * float(logs[i])
-        if denominator <= 0:
-            continue
-        alpha = 1.0 + n / denominator
-        if xmin == "median":
-            return alpha
-        tail = eigs[i:]
-        fitted = 1.0 - (tail / eigs[i]).pow(1.0 - alpha)
-        empirical = torch.arange(n, dtype=ESD_DTYPE) / n
-        distance = float((fitted - empirical).abs().max())
-        if distance < best_distance:
-            best_alpha, best_distance = alpha, distance
-    return best_alpha
+    if xmin == "median":
+        i = count // 2
+        return 1.0 + (count - i) / (float(suffix_log_sums[i]) - (count - i) * float(logs[i]))
+    return _ks_best_alpha(eigs, logs, suffix_log_sums)
+
+
+def _ks_best_alpha(eigs: torch.Tensor, logs: torch.Tensor, suffix_log_sums: torch.Tensor,
+                   chunk: int = 256) -> float:
+    """The Hill alpha of the xmin candidate whose fitted power law is closest (KS distance) to
+    the empirical tail; all candidates at once, `chunk` rows of the candidate x eigenvalue grid
+    at a time to bound memory."""
+    count = eigs.numel()
+    candidates = torch.arange(count - 2)
+    tail_sizes = (count - candidates).to(ESD_DTYPE)
+    denominators = suffix_log_sums[: count - 2] - tail_sizes * logs[: count - 2]
+    alphas = 1.0 + tail_sizes / denominators
+    distances = torch.full((count - 2,), math.inf, dtype=ESD_DTYPE)
+    positions = torch.arange(count)
+    for start in range(0, count - 2, chunk):
+        rows = candidates[start : start + chunk]
+        alpha = alphas[rows].unsqueeze(1)  # (c, 1)
+        in_tail = positions.unsqueeze(0) >= rows.unsqueeze(1)  # (c, count)
+        ratio = (logs.unsqueeze(0) - logs[rows].unsqueeze(1)).clamp_min(0)  # ln(lambda_j/xmin)
+        fitted = 1.0 - torch.exp((1.0 - alpha) * ratio)
+        empirical = (positions.unsqueeze(0) - rows.unsqueeze(1)).to(ESD_DTYPE) / tail_sizes[
+            rows].unsqueeze(1)
+        gap = torch.where(in_tail, (fitted - empirical).abs(), 0.0).amax(dim=1)
+        valid = denominators[rows] > 0
+        distances[rows] = torch.where(valid, gap, math.inf)
+    if not bool(torch.isfinite(distances).any()):
+        return math.nan
+    return float(alphas[int(torch.argmin(distances))])
 
 
 def rebalance(ratios: Sequence[float], params: Sequence[int], target: float,
@@ -115,3 +136,49 @@ def owl_ratios(outlier_ratios: Sequence[float], params: Sequence[int], target: f
     rebalanced to the exact parameter-weighted target."""
     ratios = _linear_map([-r for r in outlier_ratios], target - lam, target + lam)
     return rebalance(ratios, params, target)
+
+
+def _grouped(values: Mapping[str, float], params: Mapping[str, int],
+             groups: Mapping[str, Hashable]) -> tuple[list[Hashable], list[float], list[int]]:
+    """Per group, in first-seen order: the plain mean of its matrices' values and their total
+    parameter count."""
+    keys: list[Hashable] = []
+    members: dict[Hashable, list[str]] = {}
+    for name in values:
+        key = groups[name]
+        if key not in members:
+            keys.append(key)
+            members[key] = []
+        members[key].append(name)
+    means = [sum(values[n] for n in members[k]) / len(members[k]) for k in keys]
+    sizes = [sum(params[n] for n in members[k]) for k in keys]
+    return keys, means, sizes
+
+
+def alphapruning_allocation(alphas: Mapping[str, float], params: Mapping[str, int],
+                            groups: Mapping[str, Hashable], target: float,
+                            epsilon: float = 0.3) -> dict[str, float]:
+    """Per-matrix sparsity from per-matrix alphas: alphas averaged per group (AlphaPruning's
+    block-wise default when groups are decoder blocks), mapped by `alpha_ratios`."""
+    keys, means, sizes = _grouped(alphas, params, groups)
+    by_group = dict(zip(keys, alpha_ratios(means, sizes, target, epsilon), strict=True))
+    return {name: by_group[groups[name]] for name in alphas}
+
+
+def group_outlier_ratio(scores: Sequence[torch.Tensor], m: float = 5.0) -> float:
+    """OWL's outlier ratio of a group of layers: the share of all their scores above m times
+    the mean of all their scores (the paper pools the scores of a whole decoder block)."""
+    count = sum(s.numel() for s in scores)
+    mean = sum(float(s.detach().to(torch.float64).sum()) for s in scores) / count
+    return sum(int((s > m * mean).sum()) for s in scores) / count
+
+
+def owl_allocation(outliers: Mapping[Hashable, float], params: Mapping[str, int],
+                   groups: Mapping[str, Hashable], target: float,
+                   lam: float = 0.08) -> dict[str, float]:
+    """Per-matrix sparsity from per-group outlier ratios (`owl_ratios` over the groups)."""
+    keys = list(outliers)
+    sizes = [sum(size for name, size in params.items() if groups[name] == key) for key in keys]
+    by_group = dict(zip(keys, owl_ratios([outliers[k] for k in keys], sizes, target, lam),
+                        strict=True))
+    return {name: by_group[groups[name]] for name in params}

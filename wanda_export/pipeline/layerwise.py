@@ -1,0 +1,62 @@
+"""The layer-wise allocation of a run: measured once, on the still-dense weights, before the
+first layer is pruned (by a sequential calibration or by the mask stage), with its inputs
+cached: the ESD alphas (weights only) and, for OWL, the dense model's statistics."""
+
+from __future__ import annotations
+
+import torch
+
+from wanda_export.allocation import Allocation, allocate, esd_alphas
+from wanda_export.cache.keys import esd_alphas_key
+from wanda_export.calibrate.dense import collect_dense
+from wanda_export.calibrate.stats import ChannelStats, stats_from_tensors, stats_to_tensors
+from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.inputs import calibration_key_for
+
+
+def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
+    """The unpruned model's statistics: the run's own in dense mode, otherwise the dense cache
+    entry (shared with dense-mode runs), computed by one dense pass on a miss."""
+    spec = ctx.spec
+    if spec.mode == "dense" and ctx.stats is not None:
+        return ctx.stats
+    windows = ctx.calibration_windows
+    key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
+                              [t.name for t in ctx.targets], mode="dense", hessian=False)
+
+    def compute():
+        with ctx.progress.task("calibrate (dense, for owl)", windows.shape[0]) as advance:
+            return stats_to_tensors(collect_dense(ctx.loaded.model, windows, ctx.targets,
+                                                  spec.batch_size, advance))
+
+    tensors, hit = ctx.cache.get_or_compute("calibration", key.digest(), compute, key.record(),
+                                            metadata={"mode": "dense", "for": "owl"})
+    ctx.allocation_inputs["dense_statistics"] = "hit" if hit else "miss"
+    return stats_from_tensors(tensors)
+
+
+def cached_alphas(ctx: RunContext) -> dict[str, float]:
+    """Each target's ESD alpha, from the cache or measured (they depend on the weights only)."""
+    spec, names = ctx.spec, [t.name for t in ctx.targets]
+    key = esd_alphas_key(ctx.loaded.fingerprint, names, spec.alpha_xmin)
+
+    def compute():
+        with ctx.progress.task("allocate (ESD alphas)", 1) as advance:
+            alphas = esd_alphas(ctx.targets, spec.alpha_xmin)
+            advance(1)
+        return {name: torch.tensor([alpha], dtype=torch.float64) for name, alpha in alphas.items()}
+
+    tensors, hit = ctx.cache.get_or_compute("alphas", key, compute,
+                                            {"schema": "esd-alphas", "key": key})
+    ctx.allocation_inputs["alphas"] = "hit" if hit else "miss"
+    return {name: float(tensors[name][0]) for name in names}
+
+
+def ensure_allocation(ctx: RunContext) -> Allocation:
+    """The run's per-target ratios, computed on first use and kept in the context."""
+    if ctx.allocation is None:
+        spec = ctx.spec
+        alphas = cached_alphas(ctx) if spec.allocation == "alphapruning" else None
+        dense = dense_statistics(ctx) if spec.allocation == "owl" else None
+        ctx.allocation = allocate(ctx.targets, spec, dense, alphas)
+    return ctx.allocation
