@@ -1,10 +1,12 @@
-"""Prune one model with llm-compressor's WandaPruningModifier; runs INSIDE the peer venv.
+"""Prune one model with llm-compressor's WandaPruningModifier or SparseGPTModifier; runs INSIDE
+the peer venv.
 
 Started by benchmarks/compare_llmcompressor.py as a subprocess (never imported by wanda_export,
 whose venv cannot hold llm-compressor's pins). Everything it needs comes on argv:
 
     python _llmcompressor_worker.py --model-dir DIR --calibration IDS.safetensors \
         --targets TARGETS.json --mask-structure 0:0|2:4 --sparsity 0.5 --threads N \
+        --method wanda|sparsegpt \
         --out-weights PRUNED.safetensors --out-json RESULT.json
 
 It loads the checkpoint, builds a `datasets.Dataset` from the driver's calibration ids (already
@@ -31,6 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--targets", required=True, help="JSON list of linear module names")
     parser.add_argument("--mask-structure", required=True, help='"0:0" (unstructured) or "N:M"')
     parser.add_argument("--sparsity", type=float, required=True)
+    parser.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--out-weights", required=True)
     parser.add_argument("--out-json", required=True)
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> int:
 
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,12 +93,12 @@ def main(argv: list[str]) -> int:
 
     handle = model.get_input_embeddings().register_forward_pre_hook(record)
 
-    recipe = WandaPruningModifier(
-        sparsity=args.sparsity,
-        mask_structure=args.mask_structure,
-        targets=targets,
-        ignore=["lm_head"],
-    )
+    common = {"sparsity": args.sparsity, "mask_structure": args.mask_structure,
+              "targets": targets, "ignore": ["lm_head"]}
+    if args.method == "sparsegpt":  # the paper's settings, as ours: 1% dampening, 128 columns
+        recipe = SparseGPTModifier(**common, dampening_frac=0.01, block_size=128)
+    else:
+        recipe = WandaPruningModifier(**common)
     start = time.perf_counter()
     oneshot(
         model=model,
@@ -124,6 +127,7 @@ def main(argv: list[str]) -> int:
         "seqlen": seqlen,
         "mask_structure": args.mask_structure,
         "sparsity": args.sparsity,
+        "method": args.method,
         "threads": torch.get_num_threads(),
         "targets": len(targets),
         "embedding_rows_seen": len(rows),

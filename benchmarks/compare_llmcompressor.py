@@ -1,4 +1,5 @@
-"""Benchmark our Wanda against llm-compressor's WandaPruningModifier on the same model and tokens.
+"""Benchmark our Wanda (or SparseGPT) against llm-compressor's WandaPruningModifier (or
+SparseGPTModifier) on the same model and tokens.
 
 Both sides prune the offline default model (SmolLM2-135M-Instruct, float32, CPU) at 50%
 unstructured and at 2:4, on the SAME calibration windows (built here once and handed to the peer
@@ -11,6 +12,7 @@ and runs as a subprocess (benchmarks/_llmcompressor_worker.py). Set that venv up
 
     bash benchmarks/setup_peer_venv.sh                 # -> /work/peer-venv
     .venv/bin/python benchmarks/compare_llmcompressor.py
+    .venv/bin/python benchmarks/compare_llmcompressor.py --method sparsegpt
     # quick trial: --nsamples 4 --seqlen 128 --eval-windows 4 --output /tmp/trial.json
 
 Timings: ours is the wall time of `prune_model` (calibration forward passes + score + mask +
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("_llmcompressor_worker.py")
 SETUP = "bash benchmarks/setup_peer_venv.sh"
 DEFAULT_PEER_VENV = os.environ.get("WANDA_PEER_VENV", "/work/peer-venv")
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "llmcompressor.json"
+RESULTS = ROOT / "benchmarks" / "results"
 SPARSITY = 0.5
 # (case name, our pattern, llm-compressor's mask_structure)
 CASES = {
@@ -44,7 +46,9 @@ CASES = {
     "2:4": ("2:4", "2:4"),
 }
 PPL_TARGET = 1.02  # our perplexity <= 1.02x theirs
-TIME_TARGET = 0.5  # our wall time <= 0.5x theirs
+TIME_TARGETS = {"wanda": 0.5, "sparsegpt": 1.0}  # our wall time <= this x theirs
+OUTPUTS = {"wanda": RESULTS / "llmcompressor.json",
+           "sparsegpt": RESULTS / "llmcompressor-sparsegpt.json"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -66,8 +70,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=",".join(CASES),
         help=f"comma-separated subset of {list(CASES)}",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    parser.add_argument("--method", choices=list(TIME_TARGETS), default="wanda",
+                        help="which pruning method both sides run (wanda)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results JSON (benchmarks/results/llmcompressor[-sparsegpt].json)")
     args = parser.parse_args(argv)
+    args.output = args.output or OUTPUTS[args.method]
     args.cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     unknown = [case for case in args.cases if case not in CASES]
     if unknown or not args.cases:
@@ -166,13 +174,13 @@ def untouched_differ(model, reference: dict, target_names: set[str]) -> list[str
     return changed
 
 
-def run_ours(pattern: str, windows, eval_windows) -> tuple[dict, dict]:
+def run_ours(method: str, pattern: str, windows, eval_windows) -> tuple[dict, dict]:
     from wanda_export.evaluate.perplexity import perplexity
     from wanda_export.model.loading import load_model
     from wanda_export.prune import PruneSpec, prune_model
 
     loaded = load_model(None)
-    spec = PruneSpec(method="wanda", sparsity=SPARSITY, pattern=pattern, mode="sequential")
+    spec = PruneSpec(method=method, sparsity=SPARSITY, pattern=pattern, mode="sequential")
     start = time.perf_counter()
     result = prune_model(loaded.model, spec, windows)
     seconds = time.perf_counter() - start
@@ -184,7 +192,7 @@ def run_ours(pattern: str, windows, eval_windows) -> tuple[dict, dict]:
         "seconds_breakdown": breakdown,
         "perplexity": ppl,
         "sparsity": sparsity_summary(loaded.model, pattern),
-        "spec": {"method": "wanda", "sparsity": SPARSITY, "pattern": pattern,
+        "spec": {"method": method, "sparsity": SPARSITY, "pattern": pattern,
                  "mode": "sequential", "batch_size": spec.batch_size,
                  "group": spec.comparison_group},
     }
@@ -192,6 +200,7 @@ def run_ours(pattern: str, windows, eval_windows) -> tuple[dict, dict]:
 
 
 def run_theirs(
+    method: str,
     python: Path,
     model_dir: str,
     calibration: Path,
@@ -209,7 +218,7 @@ def run_theirs(
     from wanda_export.evaluate.perplexity import perplexity
     from wanda_export.model.loading import load_model
 
-    tag = mask_structure.replace(":", "-")
+    tag = f"{method}-{mask_structure.replace(':', '-')}"
     weights = workdir / f"theirs-{tag}.safetensors"
     out_json = workdir / f"theirs-{tag}.json"
     log = workdir / f"worker-{tag}.log"
@@ -229,6 +238,7 @@ def run_theirs(
         "--targets", str(targets_file),
         "--mask-structure", mask_structure,
         "--sparsity", str(SPARSITY),
+        "--method", method,
         "--threads", str(threads),
         "--out-weights", str(weights),
         "--out-json", str(out_json),
@@ -354,11 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             pattern, mask_structure = CASES[case]
             print(f"[{case}] ours: pruning ...", flush=True)
-            ours, our_masks = run_ours(pattern, calib, evals)
+            ours, our_masks = run_ours(args.method, pattern, calib, evals)
             print(f"[{case}] ours: {ours['seconds']:.1f}s, ppl {ours['perplexity']:.3f}", flush=True)
             print(f"[{case}] theirs: llm-compressor oneshot in the peer venv ...", flush=True)
             theirs, their_masks, peer_versions = run_theirs(
-                python, model_dir, calibration_file, targets_file, mask_structure, pattern,
+                args.method, python, model_dir, calibration_file, targets_file, mask_structure, pattern,
                 args.threads, workdir, evals, dense_state, target_names,
             )
             print(f"[{case}] theirs: {theirs['seconds']:.1f}s, ppl {theirs['perplexity']:.3f}",
@@ -377,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 "time_ratio": time_ratio,
                 "mask_agreement": agreement,
                 "meets_ppl_target": ppl_ratio <= PPL_TARGET,
-                "meets_time_target": time_ratio <= TIME_TARGET,
+                "meets_time_target": time_ratio <= TIME_TARGETS[args.method],
             })
 
     print()
@@ -396,10 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['case']}: ppl ratio {row['ppl_ratio']:.4f} "
               f"({'meets' if row['meets_ppl_target'] else 'MISSES'} <= {PPL_TARGET}), "
               f"time ratio {row['time_ratio']:.3f} "
-              f"({'meets' if row['meets_time_target'] else 'MISSES'} <= {TIME_TARGET})")
+              f"({'meets' if row['meets_time_target'] else 'MISSES'} <= "
+              f"{TIME_TARGETS[args.method]})")
 
     results = {
-        "benchmark": "wanda_export Wanda vs llm-compressor WandaPruningModifier",
+        "benchmark": f"wanda_export {args.method} vs llm-compressor "
+                     f"{'SparseGPTModifier' if args.method == 'sparsegpt' else 'WandaPruningModifier'}",
+        "method": args.method,
         "date": started.isoformat(timespec="seconds"),
         "wall_seconds": (dt.datetime.now(dt.UTC) - started).total_seconds(),
         "command": " ".join([".venv/bin/python", "benchmarks/compare_llmcompressor.py",
@@ -426,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "theirs": "wall time of llmcompressor.oneshot only (tracing, sequential "
                       "calibration, pruning), model/tokenizer loading excluded",
         },
-        "targets": {"ppl_ratio_max": PPL_TARGET, "time_ratio_max": TIME_TARGET},
+        "targets": {"ppl_ratio_max": PPL_TARGET, "time_ratio_max": TIME_TARGETS[args.method]},
         "dense_perplexity": dense_ppl,
         "cases": rows,
         "table": table,

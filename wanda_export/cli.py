@@ -184,11 +184,12 @@ def _stage_command(stage: str, summary: str):
 
 for _stage, _summary in [
     ("calibrate", "Collect activation statistics into the cache."),
-    ("score", "Score weights (Wanda |W|*||X|| or magnitude)."),
-    ("mask", "Prune to the configured sparsity and pattern."),
+    ("score", "Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's reconstruction)."),
+    ("mask", "Prune to the configured sparsity, pattern and layer-wise allocation."),
     ("verify", "Check per-layer sparsity and the N:M pattern along K."),
     ("evaluate", "Measure perplexity, dense and pruned."),
     ("export", "Write the deployable artifacts."),
+    ("benchmark", "Time the dense and the pruned model on each runtime and shape."),
 ]:
     _stage_command(_stage, _summary)
 

@@ -87,13 +87,12 @@ def test_the_supported_example_parses(project: Path) -> None:
     assert config.base_dir == project.resolve()
 
 
-def test_the_full_example_names_benchmark_as_not_available(project: Path) -> None:
-    error = config_error(EXAMPLE, project)
-    assert error.exit_code == EXIT_CONFIG
-    assert str(error).splitlines()[0].endswith("1 error in the pipeline file")
-    assert [p["path"] for p in error.problems] == ["stages -> benchmark"]
-    assert all("not available in this version" in p["message"] for p in error.problems)
-    assert [p["line"] for p in error.problems] == [13]
+def test_the_full_example_with_a_benchmark_parses(project: Path) -> None:
+    config = load_config(write(project, EXAMPLE))
+    benchmark = config.stage("benchmark")
+    assert benchmark.runtimes == ["onnxruntime-cpu"]
+    assert benchmark.shapes == ["prefill:1x128", "prefill:8x512", "decode:1x1@128"]
+    assert (benchmark.warmup, benchmark.iterations, benchmark.threads) == (3, 20, 2)
 
 
 def test_defaults_need_no_model_and_no_data(tmp_path: Path) -> None:
@@ -503,3 +502,10 @@ def test_no_mask_stage_means_nothing_to_check(tmp_path: Path) -> None:
 def test_an_unreadable_model_config_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="could not read the model config"):
         meta_model(tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "sample_configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_sample_config_validates(path: Path) -> None:
+    config = load_config(path)
+    assert config.stage_names()[0] in ("calibrate", "score")

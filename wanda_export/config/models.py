@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from wanda_export.bench.shapes import parse_shape
 from wanda_export.data.sources import TextSource
 from wanda_export.sparsity.pattern import parse_pattern
 
@@ -417,15 +418,43 @@ class ExportStage(StrictModel):
     parity_tokens: int = Field(32, ge=1, le=1024)
 
 
+RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch",
+                      "torch-sparse24"]
+DEFAULT_BENCHMARK_SHAPES = ["prefill:1x128", "prefill:8x512", "decode:1x1@128"]
+
+
 class BenchmarkStage(StrictModel):
-    """Reserved: a known stage name that this version refuses with a clear message."""
+    """Latency of the dense and the pruned model on each runtime and shape, in the same run.
 
-    runtimes: list[str] = Field(default_factory=list)
+    Shapes: "prefill:BATCHxSEQLEN" or "decode:BATCHx1@PAST" (one token on a KV cache of PAST).
+    onnxruntime runtimes run the exported ONNX against its dense twin (same graph, unpruned
+    weights); torch runs the model itself; torch-sparse24 runs the pruned linears through
+    semi-structured 2:4 kernels (CUDA, compute capability >= 8.0) against dense fp16 kernels.
+    `threads` fixes torch's and onnxruntime's intra-op threads so numbers compare.
+    """
 
-    @model_validator(mode="before")
+    runtimes: list[RuntimeName] = Field(default_factory=lambda: ["onnxruntime-cpu"],
+                                        min_length=1)
+    shapes: list[str] = Field(default_factory=lambda: list(DEFAULT_BENCHMARK_SHAPES),
+                              min_length=1)
+    warmup: int = Field(3, ge=0)
+    iterations: int = Field(20, ge=1)
+    threads: int = Field(2, ge=1)
+
+    @field_validator("shapes")
     @classmethod
-    def _not_available(cls, data: Any) -> Any:
-        raise custom_error("the benchmark stage is not available in this version of wanda-export")
+    def _valid_shapes(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(parse_shape(text)) for text in value]
+        except ValueError as error:
+            raise custom_error(str(error)) from None
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise custom_error("a runtime is listed twice")
+        return value
 
 
 StageBody = (
@@ -565,12 +594,47 @@ class ParityGate(GateModel):
     generation: bool | None = None
 
 
+class LatencyGate(StrictModel):
+    """Release gate on the benchmark of one runtime: the pruned model's p50 per shape (ms) and
+    its speedup over the dense model (dense p50 / sparse p50), for `shape` or every shape."""
+
+    runtime: RuntimeName = "onnxruntime-cpu"
+    shape: str | None = None
+    max_p50_ms: float | None = Field(None, gt=0.0)
+    min_speedup: float | None = Field(None, gt=0.0)
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else str(parse_shape(value))
+        except ValueError as error:
+            raise custom_error(str(error)) from None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Self:
+        if self.max_p50_ms is None and self.min_speedup is None:
+            raise custom_error("a latency gate needs at least one of max_p50_ms, min_speedup")
+        return self
+
+
+class TensorRTGate(GateModel):
+    """Release gate on the TensorRT engine of the pruned model: how many layers TensorRT ran
+    with sparse tactics (2:4 sparse tensor cores), read from its build log."""
+
+    gate_name: ClassVar[str] = "tensorrt"
+
+    min_sparse_tactics: int | None = Field(None, ge=0)
+
+
 class GatesConfig(StrictModel):
     """The release gates; a missing gate is not checked."""
 
     sparsity: SparsityGate | None = None
     perplexity: PerplexityGate | None = None
     parity: ParityGate | None = None
+    latency: LatencyGate | None = None
+    tensorrt: TensorRTGate | None = None
 
 
 def _exact_version(value: Any) -> Any:
@@ -760,6 +824,26 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
         )
     export: ExportStage | None = config.stage("export")
     mask: MaskStage | None = config.stage("mask")
+    benchmark: BenchmarkStage | None = config.stage("benchmark")
+    onnx_runtimes = [r for r in (benchmark.runtimes if benchmark else []) if r.startswith("onnx")]
+    if onnx_runtimes and (export is None or not ONNX_FORMATS & set(export.formats)):
+        problems.append(
+            problem(
+                (*at["benchmark"], "runtimes"),
+                f"{', '.join(onnx_runtimes)} run the exported ONNX: add 'onnx' to the export "
+                "stage's formats",
+            )
+        )
+    if benchmark is not None and "torch-sparse24" in benchmark.runtimes and (
+        mask is None or mask.pattern != "2:4"
+    ):
+        problems.append(
+            problem(
+                (*at["benchmark"], "runtimes"),
+                "torch-sparse24 runs 2:4 semi-structured kernels, which need a mask stage with "
+                "pattern '2:4'",
+            )
+        )
     if export is not None and "tensorrt" in export.formats and (mask is None or mask.pattern != "2:4"):
         problems.append(
             problem(
@@ -824,9 +908,32 @@ def _gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:
     return problems
 
 
+def _benchmark_gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:
+    """A latency or TensorRT gate needs the benchmark stage to measure its runtime."""
+    benchmark: BenchmarkStage | None = config.stage("benchmark")
+    runtimes = benchmark.runtimes if benchmark is not None else []
+    problems = []
+    latency, tensorrt = config.gates.latency, config.gates.tensorrt
+    if latency is not None and latency.runtime not in runtimes:
+        problems.append(problem(("gates", "latency", "runtime"),
+                                f"the benchmark stage does not measure {latency.runtime!r}; add "
+                                "it to the benchmark stage's runtimes"))
+    if latency is not None and latency.shape is not None and benchmark is not None and (
+        latency.shape not in benchmark.shapes
+    ):
+        problems.append(problem(("gates", "latency", "shape"),
+                                f"the benchmark stage does not measure shape {latency.shape!r}; "
+                                f"it measures {', '.join(benchmark.shapes)}"))
+    if tensorrt is not None and "onnxruntime-tensorrt" not in runtimes:
+        problems.append(problem(("gates", "tensorrt"), "a tensorrt gate needs a benchmark stage "
+                                "with runtime onnxruntime-tensorrt", at_key=True))
+    return problems
+
+
 def pipeline_problems(config: PipelineConfig) -> list[dict[str, Any]]:
     """Every cross-section rule the file breaks, each with its location in the file."""
-    return [*_order_problems(config.stages), *_stage_problems(config), *_gate_problems(config)]
+    return [*_order_problems(config.stages), *_stage_problems(config), *_gate_problems(config),
+            *_benchmark_gate_problems(config)]
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

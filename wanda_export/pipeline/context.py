@@ -12,7 +12,8 @@ from wanda_export.allocation import Allocation
 from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
-from wanda_export.model.layers import Target, find_targets
+from wanda_export.export.onnx_verify import OnnxVerification
+from wanda_export.model.layers import Target, find_targets, weight_out_in
 from wanda_export.model.loading import LoadedModel
 from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
 from wanda_export.pipeline.progress import NullProgress
@@ -34,6 +35,13 @@ class RunContext:
     allocation: Allocation | None = None
     allocation_inputs: dict[str, str] = field(default_factory=dict)  # cache hit/miss per input
     pruned_in_calibration: bool = False  # a sequential calibration miss pruned as it went
+    dense_weights: dict[str, torch.Tensor] | None = None  # kept for the benchmark's baseline
+    onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
+
+    def keep_dense_weights(self) -> None:
+        """Copy every target's unpruned [out, in] weight to CPU memory, before any pruning."""
+        self.dense_weights = {t.name: weight_out_in(t.module).detach().to("cpu", copy=True)
+                              for t in self.targets}
 
     @property
     def spec(self) -> PruneSpec | None:

@@ -19,12 +19,14 @@ from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
 from wanda_export.model.loading import classify_path, load_model
+from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
+    latency_chart,
     plot_layer_sparsity,
     write_junit,
     write_manifest,
@@ -85,6 +87,9 @@ def _write_outputs(ctx: RunContext) -> None:
         chart = plot_layer_sparsity(record, staging / "charts" / "sparsity.png")
         if chart is not None:
             charts["per-layer sparsity"] = "charts/sparsity.png"
+    rows = ((record.metrics.get("latency") or {}).get("comparison") or {}).get("rows")
+    if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
+        charts["dense vs sparse latency"] = "charts/latency.png"
     record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
                                                    if (staging / d).is_dir()})
     write_manifest(record.artifacts, staging / "manifest.json")
@@ -112,6 +117,8 @@ def run_pipeline(
     names = config.stage_names()
     if until is not None:
         names = names[: names.index(until) + 1]
+    if "benchmark" in names:
+        check_runtimes(config)  # a gated runtime this machine lacks: exit 4 before any work
     staging = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
@@ -130,6 +137,8 @@ def run_pipeline(
         }
         ctx = RunContext(config=config, cache=cache or CacheStore(), staging=staging,
                          record=record, loaded=loaded, progress=progress or NullProgress())
+        if "benchmark" in names:
+            ctx.keep_dense_weights()
         spec = config.prune_spec()
         if spec is not None:
             record.plan = {"method": spec.method, "sparsity": spec.sparsity,

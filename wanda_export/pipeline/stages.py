@@ -24,6 +24,7 @@ from wanda_export.export.onnx import convert_to_fp16, export_onnx
 from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.export.tensorrt import write_tensorrt_recipe
+from wanda_export.pipeline.benchmark import run_benchmark
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
 from wanda_export.pipeline.layerwise import ensure_allocation
@@ -210,6 +211,7 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool
         ctx.loaded.tokenizer.save_pretrained(directory)
     detail = {"onnx_export_seconds": round(exported.seconds, 3)}
     verification = _verify_in_file(ctx, exported.path, "onnx")
+    ctx.onnx_export = (exported.path, verification)
     valid = verification.valid
     if "onnx-fp16" in formats:
         fp16 = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
@@ -258,6 +260,7 @@ def run_export(ctx: RunContext) -> StageRecord:
 
 
 STAGES: dict[str, StageFn] = {
+    "benchmark": run_benchmark,
     "calibrate": run_calibrate,
     "score": run_score,
     "mask": run_mask,

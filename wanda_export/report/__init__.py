@@ -1,13 +1,13 @@
 """Run reporting: the run record, release gates, and the files a run publishes.
 
 `evaluate_gates` turns a finished `RunRecord` into gate results; the writers publish it as
-report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity`
-draws the optional per-layer chart (needs matplotlib).
+report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity` and
+`latency_chart` draw the optional charts (need matplotlib).
 """
 
 from __future__ import annotations
 
-from wanda_export.report.charts import plot_layer_sparsity
+from wanda_export.report.charts import latency_chart, plot_layer_sparsity
 from wanda_export.report.gates import evaluate_gates, gate_summary
 from wanda_export.report.record import (
     SCHEMA_VERSION,
@@ -36,6 +36,7 @@ __all__ = [
     "evaluate_gates",
     "gate_summary",
     "hash_artifacts",
+    "latency_chart",
     "plot_layer_sparsity",
     "render_summary_md",
     "write_junit",

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
             target, color="black", linestyle="--", linewidth=1.0, label=f"{label} {target * 100:g}%"
         )
 
+    allocation = _plot_allocation(axes, record, names)
     _set_ticks(axes, names)
     axes.set_xlim(-0.6, len(names) - 0.4)
     axes.set_ylim(0.0, 1.0)
@@ -102,13 +104,36 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     model = record.model or {}
     source = model.get("source") or model.get("path") or "default model"
     pattern = plan.get("pattern") or (record.sparsity or {}).get("pattern") or "unstructured"
-    title = f"Per-layer sparsity: {source} ({pattern})".replace("$", r"\$")
+    title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
     figure.tight_layout()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plot_allocation(axes: Any, record: RunRecord, names: list[str]) -> str:
+    """Overlay a layer-wise allocation: each layer's allocated ratio as a tick and, when the
+    allocation is AlphaPruning's, the ESD alphas on a second axis. Returns a title suffix."""
+    allocation = (record.sparsity or {}).get("allocation") or {}
+    layers = allocation.get("layers") or {}
+    if not layers or allocation.get("method") in (None, "uniform"):
+        return ""
+    positions = list(range(len(names)))
+    ratios = [_as_fraction((layers.get(name) or {}).get("ratio")) for name in names]
+    axes.plot(positions, ratios, linestyle="none", marker="_", markersize=7, color="black",
+              label=f"{allocation['method']} ratio")
+    alphas = [_as_fraction((layers.get(name) or {}).get("alpha")) for name in names]
+    if any(not math.isnan(alpha) for alpha in alphas):
+        twin = axes.twinx()
+        twin.plot(positions, alphas, color="tab:red", linewidth=0.8, marker=".", markersize=3,
+                  label="ESD alpha (Hill)")
+        twin.set_ylabel("alpha (heavier tail = lower = pruned less)", color="tab:red",
+                        fontsize="small")
+        twin.legend(loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize="small",
+                    frameon=False)
+    return f", {allocation['method']} allocation"
 
 
 def _colors(kinds: list[str], palette: Any) -> dict[str, Any]:
@@ -133,3 +158,62 @@ def _set_ticks(axes: Any, names: list[str]) -> None:
     shown = list(firsts.items())[::step]
     axes.set_xticks([i for _, i in shown], [block for block, _ in shown], fontsize="small")
     axes.set_xlabel(f"transformer block ({len(names)} layers in model order)")
+
+
+LOG_SCALE_SPREAD = 20.0
+
+
+def latency_chart(rows: Iterable[Any], path: str | os.PathLike[str]) -> Path | None:
+    """Draw dense vs sparse p50 latency as a pair of bars per (runtime, shape), to a PNG.
+
+    `rows` are benchmark comparison rows (`wanda_export.bench.compare.ComparisonRow` or their
+    `to_dict()` form); the speedup (dense p50 / sparse p50) is written above each pair. The
+    axis is logarithmic when latencies span more than LOG_SCALE_SPREAD x, so a decode step
+    stays visible next to a large prefill. Returns the written path, or None when matplotlib
+    is not installed or there are no rows; a missing chart never fails a run.
+    """
+    table = [row.to_dict() if hasattr(row, "to_dict") else dict(row) for row in rows]
+    if not table:
+        return None
+    try:
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+
+    dense = [_as_fraction(row.get("dense_p50_ms")) for row in table]
+    sparse = [_as_fraction(row.get("sparse_p50_ms")) for row in table]
+    figure = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    palette = colormaps["tab10"]
+    width = 0.38
+    positions = range(len(table))
+    axes.bar([i - width / 2 for i in positions], dense, width, color=palette(0), label="dense")
+    axes.bar([i + width / 2 for i in positions], sparse, width, color=palette(1), label="sparse")
+    for i, row in enumerate(table):
+        pair = [v for v in (dense[i], sparse[i]) if not math.isnan(v)]
+        ratio = _as_fraction(row.get("speedup"))
+        text = "n/a" if math.isnan(ratio) else f"{ratio:.2f}x"
+        axes.annotate(text, (i, max(pair, default=0.0)), xytext=(0, 3),
+                      textcoords="offset points", ha="center", va="bottom", fontsize="small")
+
+    measured = [v for v in dense + sparse if v > 0]
+    if measured and max(measured) / min(measured) > LOG_SCALE_SPREAD:
+        axes.set_yscale("log")
+        axes.set_ylim(min(measured) / 1.5, max(measured) * 2.0)  # room for the speedup labels
+    elif measured:
+        axes.set_ylim(0.0, max(measured) * 1.15)
+    labels = [f"{row.get('runtime')}\n{row.get('shape')}" for row in table]
+    axes.set_xticks(list(positions), labels, fontsize="small")
+    axes.set_xlim(-0.6, len(table) - 0.4)
+    axes.set_ylabel("p50 latency (ms)")
+    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    axes.set_title("Dense vs sparse latency (p50; speedup = dense / sparse)")
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buffer.getvalue())

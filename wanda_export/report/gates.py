@@ -15,7 +15,14 @@ from wanda_export.report.record import GateResult, RunRecord
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
-    from wanda_export.config.models import GatesConfig, ParityGate, PerplexityGate, SparsityGate
+    from wanda_export.config.models import (
+        GatesConfig,
+        LatencyGate,
+        ParityGate,
+        PerplexityGate,
+        SparsityGate,
+        TensorRTGate,
+    )
 
 EPSILON = 1e-9
 MAX_NAMED_LAYERS = 10
@@ -27,6 +34,9 @@ PERPLEXITY_MAX = "perplexity.max"
 PERPLEXITY_RATIO = "perplexity.max_ratio_to_dense"
 PARITY_MAX_ABS = "parity.max_abs_diff"
 PARITY_GENERATION = "parity.generation"
+LATENCY_MAX_P50 = "latency.max_p50_ms"
+LATENCY_MIN_SPEEDUP = "latency.min_speedup"
+TENSORRT_SPARSE_TACTICS = "tensorrt.min_sparse_tactics"
 
 
 def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
@@ -42,6 +52,10 @@ def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
         results.extend(_perplexity_gates(gates.perplexity, record))
     if gates.parity is not None:
         results.extend(_parity_gates(gates.parity, record))
+    if gates.latency is not None:
+        results.extend(_latency_gates(gates.latency, record))
+    if gates.tensorrt is not None:
+        results.extend(_tensorrt_gates(gates.tensorrt, record))
     return results
 
 
@@ -227,3 +241,53 @@ def _parity_gates(gate: ParityGate, record: RunRecord) -> list[GateResult]:
                 "" if match else f"greedy generation differs on prompts "
                 f"{parity.get('mismatched_prompts')}"))
     return results
+
+
+def _latency_rows(gate: LatencyGate, record: RunRecord) -> list[dict[str, Any]]:
+    rows = (((record.metrics or {}).get("latency") or {}).get("comparison") or {}).get("rows")
+    return [row for row in rows or [] if row.get("runtime") == gate.runtime
+            and (gate.shape is None or row.get("shape") == gate.shape)]
+
+
+def _latency_gates(gate: LatencyGate, record: RunRecord) -> list[GateResult]:
+    """Per measured shape of the gate's runtime: sparse p50 at most max_p50_ms, and speedup
+    (dense p50 / sparse p50) at least min_speedup; one result per threshold, every failing
+    shape named."""
+    rows = _latency_rows(gate, record)
+    where = f"{gate.runtime}" + (f" {gate.shape}" if gate.shape else "")
+    checks = [(LATENCY_MAX_P50, gate.max_p50_ms, "sparse_p50_ms", _at_most, "p50", " ms"),
+              (LATENCY_MIN_SPEEDUP, gate.min_speedup, "speedup", _at_least, "speedup", "x")]
+    results = []
+    for name, threshold, field, ok, label, unit in checks:
+        if threshold is None:
+            continue
+        if not rows:
+            results.append(_missing(name, threshold, f"no latency measured for {where}"))
+            continue
+        values = {row["shape"]: _number(row.get(field)) for row in rows}
+        failing = [shape for shape, value in values.items() if value is None or not ok(value, threshold)]
+        measured = [value for value in values.values() if value is not None]
+        worst = (max if field == "sparse_p50_ms" else min)(measured) if measured else None
+        shown = ", ".join(f"{shape} {label} " + ("unmeasured" if values[shape] is None
+                                                 else f"{values[shape]:.3g}{unit}")
+                          for shape in (failing or values))
+        relation = "within" if not failing else "outside"
+        message = f"{where}: {shown} ({relation} {threshold:g}{unit})"
+        results.append(GateResult(name, not failing, worst, threshold, message))
+    return results
+
+
+def _tensorrt_gates(gate: TensorRTGate, record: RunRecord) -> list[GateResult]:
+    """TensorRT picked sparse tactics for at least `min_sparse_tactics` layers."""
+    if gate.min_sparse_tactics is None:
+        return []
+    tensorrt = ((record.metrics or {}).get("latency") or {}).get("tensorrt") or {}
+    picked = _number(tensorrt.get("sparse_tactics"))
+    threshold = gate.min_sparse_tactics
+    if picked is None:
+        return [_missing(TENSORRT_SPARSE_TACTICS, threshold, "no TensorRT build log parsed")]
+    passed = _at_least(picked, threshold)
+    message = (f"TensorRT picked sparse tactics for {int(picked)} layer(s) "
+               f"({'>=' if passed else '<'} {threshold}); eligible: "
+               f"{tensorrt.get('eligible_layers', 'unknown')}")
+    return [GateResult(TENSORRT_SPARSE_TACTICS, passed, picked, threshold, message)]

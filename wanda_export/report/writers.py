@@ -305,6 +305,36 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     return ["## Metrics", "", *table, ""]
 
 
+def _latency_section(metrics: dict[str, Any]) -> list[str]:
+    """Dense vs sparse p50/p95 per runtime and shape, the speedup, and the runtimes that could
+    not run here with their reasons."""
+    latency = metrics.get("latency") or {}
+    if not latency:
+        return []
+    rows = [
+        [row["runtime"], f"`{row['shape']}`", _number(row.get("dense_p50_ms")),
+         _number(row.get("sparse_p50_ms")), _number(row.get("dense_p95_ms")),
+         _number(row.get("sparse_p95_ms")),
+         "—" if row.get("speedup") is None else f"{row['speedup']:.2f}×"]
+        for row in (latency.get("comparison") or {}).get("rows") or []
+    ]
+    setup = (f"{latency.get('iterations')} timed iterations after {latency.get('warmup')} "
+             f"warm-up, {latency.get('threads')} threads; speedup = dense p50 / sparse p50.")
+    lines = ["## Latency", "", setup, ""]
+    if rows:
+        lines += [*_table(["Runtime", "Shape", "Dense p50 ms", "Sparse p50 ms", "Dense p95 ms",
+                           "Sparse p95 ms", "Speedup"], rows), ""]
+    tensorrt = latency.get("tensorrt")
+    if tensorrt:
+        picked = (f"TensorRT picked sparse tactics for **{tensorrt.get('sparse_tactics')}** of "
+                  f"{tensorrt.get('eligible_layers')} eligible layers.")
+        lines += [picked, ""]
+    for name, runtime in (latency.get("runtimes") or {}).items():
+        if not runtime.get("available"):
+            lines += [f"- `{name}`: unavailable ({runtime.get('reason')})"]
+    return [*lines, ""] if lines[-1] else lines
+
+
 def _layers_section(sparsity: dict[str, Any] | None) -> list[str]:
     if not sparsity:
         return []
@@ -372,6 +402,7 @@ def render_summary_md(record: RunRecord, charts: dict[str, str] | None = None) -
         *_overview(record),
         *_gates_section(record.gates),
         *_metrics_section(record.metrics),
+        *_latency_section(record.metrics),
         *_layers_section(record.sparsity),
         *_stages_section(record.stages),
         *_artifacts_section(record.artifacts),

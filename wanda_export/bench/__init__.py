@@ -1,0 +1,1 @@
+"""Latency measurement for the benchmark stage: timing, runtimes, shapes, ONNX and torch runs."""

@@ -1,0 +1,109 @@
+"""Latency of an exported decoder (wanda_export.export.onnx layout) under onnxruntime.
+
+The session is built by the parity check's `onnx_session` (fixed intra-op threads, one
+inter-op thread, onnxruntime's default ORT_ENABLE_ALL graph optimizations) and each timed call
+is one `onnx_step`: the feed for one Shape, then `session.run`. Inputs come from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wanda_export.bench.shapes import Shape
+from wanda_export.bench.timing import LatencyStats, time_callable
+from wanda_export.evaluate.parity import onnx_session, onnx_step
+from wanda_export.export.onnx import CacheLayout
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_PAST_KEY = re.compile(r"^past_key_values\.(\d+)\.key$")
+MAX_TOKEN_ID = 1000
+
+
+@dataclass(frozen=True)
+class OnnxLatency:
+    """Latency of one shape, with the provider onnxruntime actually put first."""
+
+    shape: Shape
+    provider: str
+    threads: int
+    stats: LatencyStats
+
+    def to_dict(self) -> dict:
+        """JSON-able: the shape as its string form, the stats flattened in."""
+        return {"shape": str(self.shape), "provider": self.provider, "threads": self.threads,
+                **self.stats.to_dict()}
+
+
+def execution_providers(provider: str, trt_cache_dir: Path | None = None) -> list:
+    """onnxruntime's providers argument for `provider`, falling back to CUDA and then CPU.
+
+    TensorRT builds fp16 engines that may use 2:4 sparse tactics, cached in `trt_cache_dir`
+    (required: an engine build takes minutes and must not be repeated per session).
+    """
+    if provider == CPU:
+        return [CPU]
+    if provider == CUDA:
+        return [CUDA, CPU]
+    if provider == TENSORRT:
+        if trt_cache_dir is None:
+            raise ValueError("the TensorRT provider needs trt_cache_dir for its engine cache")
+        options = {"trt_fp16_enable": True, "trt_sparsity_enable": True,
+                   "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir),
+                   "trt_dump_subgraphs": False, "trt_detailed_build_log": True}
+        return [(TENSORRT, options), CUDA, CPU]
+    raise ValueError(f"unknown execution provider {provider!r}; choose one of "
+                     f"{[CPU, CUDA, TENSORRT]}")
+
+
+def session_layout(session) -> CacheLayout:
+    """The cache layout read off the session's inputs: the number of past_key_values.{i}.key
+    inputs, and the static kv_heads and head_dim dims of past_key_values.0.key."""
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    layers = sum(1 for name in inputs if _PAST_KEY.match(name))
+    shape = inputs.get("past_key_values.0.key")
+    if not layers or shape is None or len(shape) != 4:
+        raise ValueError("the ONNX model has no past_key_values.0.key input [batch, kv_heads, "
+                         "past, head_dim]; was it exported with wanda_export.export.onnx?")
+    static = all(isinstance(dim, int) for dim in (shape[1], shape[3]))
+    if not static:
+        raise ValueError(f"past_key_values.0.key has symbolic dims {shape}; pass the layout")
+    return CacheLayout(layers=layers, kv_heads=shape[1], head_dim=shape[3])
+
+
+def _vocab_bound(session) -> int:
+    """An exclusive upper bound for token ids: the static vocab dim of `logits` when known."""
+    logits = next((node.shape for node in session.get_outputs() if node.name == "logits"), None)
+    vocab = logits[-1] if logits else None
+    return min(vocab, MAX_TOKEN_ID) if isinstance(vocab, int) else 2
+
+
+def shape_inputs(shape: Shape, layout: CacheLayout, vocab_bound: int
+                 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Token ids and (for a decode) a random float32 KV cache of `shape.past` tokens, seeded."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab_bound, (shape.batch, shape.seqlen), dtype=np.int64)
+    if shape.kind == "prefill":
+        return ids, None
+    dims = (shape.batch, layout.kv_heads, shape.past, layout.head_dim)
+    past = [rng.standard_normal(dims, dtype=np.float32) for _ in range(2 * layout.layers)]
+    return ids, past
+
+
+def measure_onnx(path: Path, shape: Shape, *, threads: int, warmup: int = 3,
+                 iterations: int = 20, provider: str = CPU,
+                 layout: CacheLayout | None = None,
+                 trt_cache_dir: Path | None = None) -> OnnxLatency:
+    """Time one forward of the ONNX decoder at `path` for `shape` with `threads` intra-op
+    threads; the layout is read off the file when not given."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    session = onnx_session(Path(path), execution_providers(provider, trt_cache_dir), threads)
+    layout = layout or session_layout(session)
+    ids, past = shape_inputs(shape, layout, _vocab_bound(session))
+    stats = time_callable(lambda: onnx_step(session, layout, ids, past, shape.past),
+                          warmup, iterations)
+    return OnnxLatency(shape, session.get_providers()[0], threads, stats)

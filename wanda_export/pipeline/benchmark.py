@@ -1,0 +1,185 @@
+"""The benchmark stage: latency of the dense and the pruned model, per runtime and shape, in
+the same run, reported as p50/p95/mean and as a speedup (dense p50 / sparse p50).
+
+- onnxruntime-cpu / -cuda / -tensorrt: the exported model.onnx against its dense twin (the same
+  graph with the unpruned weights restored); TensorRT builds fp16 engines with sparsity
+  enabled, and its build log says how many layers really got sparse tactics.
+- torch: the model itself with its pruned weights against its dense weights (dense kernels
+  both: on CPU this shows what zeros alone buy, usually nothing).
+- torch-sparse24: the pruned linears as semi-structured 2:4 tensors (CUDA, fp16) against the
+  same weights in dense fp16 kernels.
+
+A runtime this machine cannot run is reported "unavailable" with the reason; when a gate needs
+it, the run stops before any work with exit 4 (EnvironmentProblem).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from wanda_export.bench.compare import compare, comparison_dict
+from wanda_export.bench.dense_twin import write_dense_twin
+from wanda_export.bench.onnx_latency import CPU, CUDA, TENSORRT, measure_onnx
+from wanda_export.bench.runtimes import Availability, probe, runtime_availability
+from wanda_export.bench.shapes import Shape, parse_shapes
+from wanda_export.bench.tensorrt_log import captured_stderr, parse_sparse_tactics
+from wanda_export.bench.timing import LatencyStats
+from wanda_export.bench.torch_latency import measure_torch_model, to_sparse24_
+from wanda_export.config import PipelineConfig
+from wanda_export.errors import EnvironmentProblem
+from wanda_export.model.layers import weight_out_in
+from wanda_export.pipeline.context import RunContext
+from wanda_export.report.record import StageRecord
+
+ORT_PROVIDERS = {"onnxruntime-cpu": CPU, "onnxruntime-cuda": CUDA,
+                 "onnxruntime-tensorrt": TENSORRT}
+
+
+def gated_runtimes(config: PipelineConfig) -> set[str]:
+    """The runtimes a configured gate needs measurements of."""
+    needed = set()
+    if config.gates.latency is not None:
+        needed.add(config.gates.latency.runtime)
+    if config.gates.tensorrt is not None:
+        needed.add("onnxruntime-tensorrt")
+    return needed
+
+
+def check_runtimes(config: PipelineConfig) -> dict[str, Availability]:
+    """Probe the benchmark stage's runtimes; raise EnvironmentProblem (exit 4) when a gate
+    needs one that cannot run here. Called before any work and again by the stage."""
+    stage = config.stage("benchmark")
+    if stage is None:
+        return {}
+    found = probe()
+    availability = {name: runtime_availability(name, found) for name in stage.runtimes}
+    blocked = [a for a in availability.values()
+               if not a.available and a.name in gated_runtimes(config)]
+    if blocked:
+        raise EnvironmentProblem(
+            "a release gate needs a runtime this machine cannot run: "
+            + "; ".join(f"{a.name}: {a.reason}" for a in blocked),
+            hint="run on a machine that has it, or drop that gate from the pipeline file")
+    return availability
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextmanager
+def _dense_weights(ctx: RunContext) -> Iterator[None]:
+    """Put the unpruned weights back into the targets for the duration of the block."""
+    pruned = {t.name: weight_out_in(t.module).detach().clone() for t in ctx.targets}
+    with torch.no_grad():
+        for target in ctx.targets:
+            weight_out_in(target.module).copy_(ctx.dense_weights[target.name])
+        try:
+            yield
+        finally:
+            for target in ctx.targets:
+                weight_out_in(target.module).copy_(pruned[target.name])
+
+
+def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, workdir: Path,
+                  results: list[dict]) -> dict | None:
+    """Both ONNX files on one onnxruntime provider; the TensorRT build log when relevant."""
+    sparse_path, verification = ctx.onnx_export
+    dense_path = workdir / "dense" / "model.onnx"
+    if not dense_path.exists():
+        write_dense_twin(sparse_path, verification, ctx.dense_weights, dense_path)
+    provider = ORT_PROVIDERS[runtime]
+    cache = workdir / "trt-engines"
+    tactics = None
+    for variant, path in (("dense", dense_path), ("sparse", sparse_path)):
+        log: list[str] = []
+        for shape in shapes:
+            if provider == TENSORRT:
+                import onnxruntime
+
+                onnxruntime.set_default_logger_severity(0)  # the builder's sparsity lines
+                with captured_stderr() as log:
+                    measured = measure_onnx(path, shape, threads=stage.threads,
+                                            warmup=stage.warmup, iterations=stage.iterations,
+                                            provider=provider, trt_cache_dir=cache / variant)
+                onnxruntime.set_default_logger_severity(2)
+                if variant == "sparse":
+                    found = parse_sparse_tactics("".join(log))
+                    tactics = found.to_dict() if tactics is None else {
+                        **tactics, "sparse_tactics": max(tactics["sparse_tactics"],
+                                                         found.sparse_tactics)}
+            else:
+                measured = measure_onnx(path, shape, threads=stage.threads, warmup=stage.warmup,
+                                        iterations=stage.iterations, provider=provider)
+            results.append({"runtime": runtime, "variant": variant, "shape": str(shape),
+                            "provider": measured.provider, "stats": measured.stats})
+    return tactics
+
+
+def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
+                   results: list[dict]) -> None:
+    """The model in PyTorch: dense vs pruned weights, or dense fp16 vs 2:4 kernels on CUDA."""
+    model = ctx.loaded.model
+    if runtime == "torch-sparse24":
+        model = copy.deepcopy(model).to("cuda", torch.float16)
+    variants = {"dense": None, "sparse": None}
+    for variant in variants:
+        for shape in shapes:
+            if runtime == "torch" and variant == "dense":
+                with _dense_weights(ctx):
+                    measured = measure_torch_model(model, shape, stage.warmup, stage.iterations)
+            else:
+                if runtime == "torch-sparse24" and variant == "sparse" and shape == shapes[0]:
+                    to_sparse24_(model, [t.name for t in ctx.targets])
+                measured = measure_torch_model(model, shape, stage.warmup, stage.iterations)
+            results.append({"runtime": runtime, "variant": variant, "shape": str(shape),
+                            "device": measured.device, "dtype": measured.dtype,
+                            "stats": measured.stats})
+
+
+def run_benchmark(ctx: RunContext) -> StageRecord:
+    """Measure every available runtime on every shape, dense and pruned; record the latencies,
+    the speedups and the unavailable runtimes with their reasons."""
+    stage = ctx.config.stage("benchmark")
+    shapes = parse_shapes(stage.shapes)
+    availability = check_runtimes(ctx.config)
+    results: list[dict] = []
+    latency: dict = {"threads": stage.threads, "warmup": stage.warmup,
+                     "iterations": stage.iterations,
+                     "runtimes": {name: a.to_dict() for name, a in availability.items()}}
+    with tempfile.TemporaryDirectory(prefix="wanda-export-bench-") as tmp, _threads(stage.threads):
+        for name, runtime in availability.items():
+            if not runtime.available:
+                continue
+            total = len(shapes) * 2
+            with ctx.progress.task(f"benchmark ({name})", total):
+                if name in ORT_PROVIDERS:
+                    tactics = _measure_onnx(ctx, name, shapes, stage, Path(tmp), results)
+                    if tactics is not None:
+                        latency["tensorrt"] = tactics
+                else:
+                    _measure_torch(ctx, name, shapes, stage, results)
+    by_variant: dict[str, dict[tuple[str, str], LatencyStats]] = {"dense": {}, "sparse": {}}
+    for result in results:
+        by_variant[result["variant"]][(result["runtime"], result["shape"])] = result["stats"]
+    rows = compare(by_variant["dense"], by_variant["sparse"])
+    latency["results"] = [{**{k: v for k, v in r.items() if k != "stats"}, **r["stats"].to_dict()}
+                          for r in results]
+    latency["comparison"] = comparison_dict(rows)
+    ctx.record.metrics["latency"] = latency
+    unavailable = {name: a.reason for name, a in availability.items() if not a.available}
+    return StageRecord("benchmark", detail={
+        "measured": sorted({r["runtime"] for r in results}), "unavailable": unavailable,
+        "speedup": latency["comparison"]["speedup"]})
