@@ -51,3 +51,62 @@ def test_wanda_2_4_is_valid_everywhere(smollm2):
     assert result.report.valid and 0.5 <= result.report.overall < 0.5001
     assert all(layer.violating_groups == 0 for layer in result.report.layers.values())
     assert torch.isfinite(torch.tensor(ppl))
+
+
+@torch.no_grad()
+def _inputs_of(model, names: list[str], windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The [tokens, in] inputs each named linear receives on `windows`."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    hooks = [model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args, name=name: seen[name].append(args[0].reshape(-1, args[0].shape[-1])))
+        for name in names]
+    model(input_ids=windows, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    return {name: torch.cat(chunks) for name, chunks in seen.items()}
+
+
+def test_sparsegpt_reconstructs_real_layers_better_than_wanda(smollm2):
+    """Real weights and real activations: SparseGPT leaves a smaller output error ||XW^T -
+    XW'^T|| on the calibration tokens than Wanda's mask at the same 60%. (On held-out tokens
+    this needs more calibration than these 1,024 tokens: with so few, the 2:4 reconstruction of
+    q_proj overfits and loses to Wanda, which is why the benchmarks calibrate on 16k tokens.)"""
+    from wanda_export.sparsity.mask import build_mask
+    from wanda_export.sparsity.pattern import parse_pattern
+    from wanda_export.sparsity.score import wanda_scores
+    from wanda_export.sparsity.sparsegpt import sparsegpt_prune
+
+    model, calib, _ = smollm2
+    names = ["model.layers.5.self_attn.q_proj", "model.layers.20.mlp.gate_proj"]
+    seen = _inputs_of(model, names, calib)
+    for name in names:
+        weight = model.get_submodule(name).weight.detach()
+        x = seen[name]
+        for pattern in ("unstructured", "2:4"):
+            parsed = parse_pattern(pattern)
+            pruned = sparsegpt_prune(weight, x.T @ x, 0.6, parsed)
+            wanda = weight.clone()
+            wanda[build_mask(wanda_scores(weight, x.square().sum(0)), 0.6, parsed, "row")] = 0
+            errors = [float((x @ (weight - w).T).norm()) for w in (pruned, wanda)]
+            assert errors[0] < errors[1], (name, pattern, errors)
+
+
+def test_alphapruning_alphas_of_the_real_weights(smollm2):
+    """Block-averaged Hill alphas of a trained model's ESDs are heavy-tailed exponents that
+    differ between blocks, and map to ratios whose weighted mean is exactly the target."""
+    from wanda_export.allocation import allocate, target_groups
+    from wanda_export.model.layers import find_targets
+
+    targets = find_targets(smollm2[0])
+    allocation = allocate(targets, PruneSpec(sparsity=0.7, allocation="alphapruning"))
+    groups = target_groups(targets)
+    blocks: dict[int, list[float]] = {}
+    for name, alpha in allocation.alphas.items():
+        blocks.setdefault(groups[name], []).append(alpha)
+    means = [sum(values) / len(values) for values in blocks.values()]
+    assert len(means) == 30 and 2.0 < min(means) and max(means) < 15.0
+    assert max(means) - min(means) > 1.0
+    sizes = {t.name: t.module.weight.numel() for t in targets}
+    mean = sum(allocation.ratios[n] * sizes[n] for n in sizes) / sum(sizes.values())
+    assert mean == pytest.approx(0.7, abs=1e-9)
+    assert 0.4 - 1e-9 <= min(allocation.ratios.values()) < max(allocation.ratios.values()) <= 0.99

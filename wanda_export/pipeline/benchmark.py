@@ -104,7 +104,6 @@ def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, wor
     cache = workdir / "trt-engines"
     tactics = None
     for variant, path in (("dense", dense_path), ("sparse", sparse_path)):
-        log: list[str] = []
         for shape in shapes:
             if provider == TENSORRT:
                 import onnxruntime
@@ -134,8 +133,7 @@ def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
     model = ctx.loaded.model
     if runtime == "torch-sparse24":
         model = copy.deepcopy(model).to("cuda", torch.float16)
-    variants = {"dense": None, "sparse": None}
-    for variant in variants:
+    for variant in ("dense", "sparse"):
         for shape in shapes:
             if runtime == "torch" and variant == "dense":
                 with _dense_weights(ctx):
