@@ -103,6 +103,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     model = record.model or {}
     source = model.get("source") or model.get("path") or "default model"
+    source = Path(source).name if os.sep in str(source) else source  # a hub id stays whole
     pattern = plan.get("pattern") or (record.sparsity or {}).get("pattern") or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
@@ -127,10 +128,9 @@ def _plot_allocation(axes: Any, record: RunRecord, names: list[str]) -> str:
     alphas = [_as_fraction((layers.get(name) or {}).get("alpha")) for name in names]
     if any(not math.isnan(alpha) for alpha in alphas):
         twin = axes.twinx()
-        twin.plot(positions, alphas, color="tab:red", linewidth=0.8, marker=".", markersize=3,
-                  label="ESD alpha (Hill)")
-        twin.set_ylabel("alpha (heavier tail = lower = pruned less)", color="tab:red",
-                        fontsize="small")
+        twin.plot(positions, alphas, color="tab:red", linestyle="none", marker=".",
+                  markersize=4, label="ESD alpha (Hill; lower = heavier tail = pruned less)")
+        twin.set_ylabel("ESD alpha", color="tab:red", fontsize="small")
         twin.legend(loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize="small",
                     frameon=False)
     return f", {allocation['method']} allocation"
