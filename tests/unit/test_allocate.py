@@ -109,10 +109,12 @@ def test_group_outlier_ratio_pools_the_scores_of_the_group():
 
 
 @pytest.mark.parametrize("allocation", ["alphapruning", "owl"])
-@pytest.mark.parametrize("mode", ["sequential", "dense"])
-def test_layerwise_pruning_reaches_the_target_overall(tiny_model_dir, allocation, mode):
+@pytest.mark.parametrize(("method", "mode"), [("wanda", "sequential"), ("wanda", "dense"),
+                                              ("magnitude", "dense"), ("sparsegpt", "sequential")])
+def test_layerwise_pruning_reaches_the_target_overall(tiny_model_dir, allocation, method, mode):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
-    spec = PruneSpec(sparsity=0.6, allocation=allocation, mode=mode, epsilon=0.2, owl_lambda=0.1)
+    spec = PruneSpec(method=method, sparsity=0.6, allocation=allocation, mode=mode,
+                     epsilon=0.2, owl_lambda=0.1)
     result = prune_model(model, spec, WINDOWS)
     layers = result.report.layers
     per_block = {i: {layers[n].sparsity for n in layers if f"layers.{i}." in n} for i in (0, 1)}
