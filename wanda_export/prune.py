@@ -97,6 +97,14 @@ class PruneSpec:
             self.allocation == "owl")
 
     @property
+    def calibrates_sequentially(self) -> bool:
+        """Layer-by-layer calibration on pruned inputs: only in sequential mode, and only when
+        the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
+        dense model's statistics alone)."""
+        return self.mode == "sequential" and (
+            self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian)
+
+    @property
     def needs_hessian(self) -> bool:
         """SparseGPT reconstructs from X^T X, collected in the same calibration pass."""
         return self.method == "sparsegpt"
@@ -186,7 +194,7 @@ def prune_model(
     seconds: dict[str, float] = {}
     if spec.needs_calibration and stats is None and windows is None:
         raise ValueError(f"method {spec.method!r} needs calibration windows or statistics")
-    dense_first = spec.mode == "dense" or stats is not None
+    dense_first = not spec.calibrates_sequentially or stats is not None
 
     def timed(label: str, work: Callable[[], object]):
         start = time.perf_counter()
@@ -198,14 +206,14 @@ def prune_model(
         stats = timed("calibrate", lambda: collect_dense(
             model, windows, targets, spec.batch_size, on_progress, spec.needs_hessian))
     if allocation is None:
-        dense_stats = stats if spec.mode == "dense" else None
+        dense_stats = stats if not spec.calibrates_sequentially else None
         if spec.allocation == "owl" and dense_stats is None:
             dense_stats = timed("calibrate", lambda: collect_dense(
                 model, windows, targets, spec.batch_size))
         allocation = timed("allocate", lambda: allocate(targets, spec, dense_stats))
     ratios = allocation.ratios
 
-    if not spec.needs_calibration or dense_first:
+    if dense_first:
         timed("score_mask", lambda: prune_targets(targets, spec, stats, ratios))
     else:
         by_layer: dict[int, list[Target]] = {}

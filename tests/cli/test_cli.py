@@ -114,7 +114,7 @@ def test_dense_rerun_with_new_sparsity_hits_the_cache(write_pipeline, workdir, m
         raise AssertionError("calibration forward pass on a cache hit")
 
     monkeypatch.setattr(dense, "collect_dense", no_forward)
-    monkeypatch.setattr("wanda_export.pipeline.stages.collect_dense", no_forward)
+    monkeypatch.setattr("wanda_export.pipeline.layerwise.collect_dense", no_forward)
     second = invoke("run", str(write_pipeline(sparsity=0.75, gate_min=0.75)), "--out",
                     str(workdir / "b"), "--json", "--quiet")
     assert second.exit_code == 0, second.output
@@ -218,3 +218,17 @@ def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):
     assert result.exit_code == 3
     gate = next(g for g in json.loads(result.stdout)["gates"] if g["name"] == "parity.max_abs_diff")
     assert not gate["passed"] and gate["threshold"] == 1e-12
+
+
+def test_a_verify_only_pipeline_checks_a_checkpoint_it_does_not_prune(workdir):
+    path = workdir / "verify.yaml"
+    path.write_text("version: 1\nmodel: {path: model, device: cpu}\n"
+                    "data: {calibration: null, evaluation: null}\n"
+                    "stages:\n  - score: {method: magnitude}\n  - verify: {}\n"
+                    "gates:\n  sparsity: {min: 0.5}\n")
+    result = invoke("run", str(path), "--out", str(workdir / "out"), "--json", "--quiet")
+    assert result.exit_code == 3, result.output  # a dense checkpoint: the gate fails, no crash
+    report = json.loads(result.stdout)
+    assert report["sparsity"]["pattern"] == "unstructured" and report["sparsity"]["target"] is None
+    assert {s["name"]: s["status"] for s in report["stages"]}["score"] == "skipped"
+    assert not next(g for g in report["gates"] if g["name"] == "sparsity.min")["passed"]

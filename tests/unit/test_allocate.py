@@ -144,3 +144,20 @@ def test_owl_needs_dense_statistics_and_nm_needs_uniform(tiny_model_dir):
         allocate(find_targets(model), PruneSpec(allocation="owl"))
     with pytest.raises(ValueError, match="same N:M in every layer"):
         PruneSpec(pattern="2:4", allocation="alphapruning")
+
+
+def test_magnitude_with_owl_needs_one_dense_pass_not_a_sequential_one(tiny_model_dir, monkeypatch):
+    path = tiny_model_dir("llama")
+    dense = AutoModelForCausalLM.from_pretrained(path).eval()
+    prune_model(dense, PruneSpec(method="magnitude", sparsity=0.6, allocation="owl",
+                                 mode="dense"), WINDOWS)
+
+    def no_sequential(*args, **kwargs):
+        raise AssertionError("magnitude scores do not depend on pruned upstream layers")
+
+    monkeypatch.setattr("wanda_export.prune.calibrate_sequential", no_sequential)
+    sequential = AutoModelForCausalLM.from_pretrained(path).eval()
+    prune_model(sequential, PruneSpec(method="magnitude", sparsity=0.6, allocation="owl",
+                                      mode="sequential"), WINDOWS)
+    for a, b in zip(dense.parameters(), sequential.parameters(), strict=True):
+        assert torch.equal(a, b)

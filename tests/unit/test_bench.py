@@ -357,6 +357,17 @@ def test_sparse24_conversion_checks_every_module_first(monkeypatch):
         to_sparse24_(model, ["1"])
     with pytest.raises(ConfigError, match="no module 'missing'"):
         to_sparse24_(model, ["missing"])
+    converted = []
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", converted.append)
+
+    def only_module_1_fails(name, _module):
+        if name == "1":
+            raise ConfigError("bad module 1")
+
+    monkeypatch.setattr(torch_latency, "_check_sparse24_linear", only_module_1_fails)
+    with pytest.raises(ConfigError, match="bad module 1"):
+        to_sparse24_(model, ["0", "1"])  # "0" passes its check, "1" fails: nothing converted
+    assert converted == [] and isinstance(model[0].weight, nn.Parameter)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason=GPU_STUB)

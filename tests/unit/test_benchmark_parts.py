@@ -38,10 +38,13 @@ def test_sparse_tactics_are_counted_over_every_engine():
 
 
 def test_native_stderr_is_captured_and_restored():
+    before = os.fstat(2)
     with captured_stderr() as log:
+        assert (os.fstat(2).st_dev, os.fstat(2).st_ino) != (before.st_dev, before.st_ino)
         os.write(2, b"written by native code\n")
     assert log == ["written by native code\n"]
-    os.write(2, b"")  # fd 2 is usable again
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
 
 
 def test_dense_twin_restores_the_dense_weights_in_the_same_graph(tiny_model_dir, tmp_path):

@@ -93,17 +93,32 @@ def shape_inputs(shape: Shape, layout: CacheLayout, vocab_bound: int
     return ids, past
 
 
-def measure_onnx(path: Path, shape: Shape, *, threads: int, warmup: int = 3,
-                 iterations: int = 20, provider: str = CPU,
-                 layout: CacheLayout | None = None,
-                 trt_cache_dir: Path | None = None) -> OnnxLatency:
-    """Time one forward of the ONNX decoder at `path` for `shape` with `threads` intra-op
-    threads; the layout is read off the file when not given."""
+def open_session(path: Path, *, threads: int, provider: str = CPU,
+                 trt_cache_dir: Path | None = None):
+    """An onnxruntime session on `provider` with `threads` intra-op threads; open it once and
+    time every shape on it (for TensorRT, opening and the first run build the engines)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    session = onnx_session(Path(path), execution_providers(provider, trt_cache_dir), threads)
+    return onnx_session(Path(path), execution_providers(provider, trt_cache_dir), threads)
+
+
+def time_session(session, shape: Shape, *, threads: int, warmup: int = 3,
+                 iterations: int = 20, layout: CacheLayout | None = None) -> OnnxLatency:
+    """Time one forward of an open session for `shape`; the layout is read off the session
+    when not given."""
     layout = layout or session_layout(session)
     ids, past = shape_inputs(shape, layout, _vocab_bound(session))
     stats = time_callable(lambda: onnx_step(session, layout, ids, past, shape.past),
                           warmup, iterations)
     return OnnxLatency(shape, session.get_providers()[0], threads, stats)
+
+
+def measure_onnx(path: Path, shape: Shape, *, threads: int, warmup: int = 3,
+                 iterations: int = 20, provider: str = CPU,
+                 layout: CacheLayout | None = None,
+                 trt_cache_dir: Path | None = None) -> OnnxLatency:
+    """Time one forward of the ONNX decoder at `path` for `shape` with `threads` intra-op
+    threads, in a session of its own."""
+    session = open_session(path, threads=threads, provider=provider, trt_cache_dir=trt_cache_dir)
+    return time_session(session, shape, threads=threads, warmup=warmup,
+                        iterations=iterations, layout=layout)

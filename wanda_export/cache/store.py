@@ -161,10 +161,10 @@ class CacheStore:
         found: list[CacheEntryInfo] = []
         for kind, key, entry in self._entry_dirs(None):
             info = _entry_info(entry, kind, key)
-            if info is None and entry.is_dir():
-                log.warning("cache entry %s/%s at %s has an unreadable manifest", kind, key, entry)
-            else:
+            if info is not None:
                 found.append(info)
+            elif entry.is_dir():  # else it vanished meanwhile (a concurrent clear or discard)
+                log.warning("cache entry %s/%s at %s has an unreadable manifest", kind, key, entry)
         return sorted(found, key=lambda info: (info.kind, info.key))
 
     def clear(self, kind: str | None = None) -> int:

@@ -38,6 +38,11 @@ class ChannelStats:
             self.xtx += (products or SharedProducts()).product(inputs, flat)
         self.tokens += flat.shape[0]
 
+    @property
+    def norms(self) -> torch.Tensor:
+        """||X_j||_2 per input channel."""
+        return self.sumsq.sqrt()
+
 
 class SharedProducts:
     """X^T X of the most recent input tensor. q/k/v (and gate/up) projections receive the very
@@ -53,11 +58,6 @@ class SharedProducts:
         if inputs is not self._input:
             self._input, self._product = inputs, flat.T @ flat
         return self._product
-
-    @property
-    def norms(self) -> torch.Tensor:
-        """||X_j||_2 per input channel."""
-        return self.sumsq.sqrt()
 
 
 def empty_stats(targets: list[Target], hessian: bool = False) -> dict[str, ChannelStats]:

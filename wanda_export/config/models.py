@@ -10,8 +10,6 @@ so the loader can point at the offending YAML node of each.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 import os
 import re
@@ -33,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wanda_export.bench.shapes import parse_shape
+from wanda_export.cache.keys import digest_of
 from wanda_export.data.sources import TextSource
 from wanda_export.sparsity.pattern import parse_pattern
 
@@ -544,13 +543,15 @@ class StageEntry(StrictModel):
 
 
 class GateModel(StrictModel):
-    """A gate's thresholds; at least one must be set, or the gate would check nothing."""
+    """A gate's thresholds; at least one must be set, or the gate would check nothing.
+    `selectors` name the fields that say what to check (not thresholds): they do not count."""
 
     gate_name: ClassVar[str] = "gate"
+    selectors: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
     def _something_to_check(self) -> Self:
-        fields = list(type(self).model_fields)
+        fields = [name for name in type(self).model_fields if name not in self.selectors]
         if all(getattr(self, name) is None for name in fields):
             raise custom_error(f"a {self.gate_name} gate needs at least one of {', '.join(fields)}")
         return self
@@ -594,9 +595,12 @@ class ParityGate(GateModel):
     generation: bool | None = None
 
 
-class LatencyGate(StrictModel):
+class LatencyGate(GateModel):
     """Release gate on the benchmark of one runtime: the pruned model's p50 per shape (ms) and
     its speedup over the dense model (dense p50 / sparse p50), for `shape` or every shape."""
+
+    gate_name: ClassVar[str] = "latency"
+    selectors: ClassVar[tuple[str, ...]] = ("runtime", "shape")
 
     runtime: RuntimeName = "onnxruntime-cpu"
     shape: str | None = None
@@ -610,12 +614,6 @@ class LatencyGate(StrictModel):
             return None if value is None else str(parse_shape(value))
         except ValueError as error:
             raise custom_error(str(error)) from None
-
-    @model_validator(mode="after")
-    def _something_to_check(self) -> Self:
-        if self.max_p50_ms is None and self.min_speedup is None:
-            raise custom_error("a latency gate needs at least one of max_p50_ms, min_speedup")
-        return self
 
 
 class TensorRTGate(GateModel):
@@ -724,8 +722,7 @@ class PipelineConfig(StrictModel):
 
         Comments, key order and formatting of the YAML do not change it; any value does.
         """
-        canonical = json.dumps(self.resolved_dump(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return digest_of(self.resolved_dump())
 
     def prune_spec(self) -> PruneSpec | None:
         """The `PruneSpec` of the score/mask/calibrate stages, or None without a mask stage."""
@@ -805,8 +802,8 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
                 "before score, or use method: magnitude",
             )
         )
-    mask_stage: MaskStage | None = config.stage("mask")
-    if mask_stage is not None and mask_stage.allocation == "owl" and "calibrate" not in at:
+    mask: MaskStage | None = config.stage("mask")
+    if mask is not None and mask.allocation == "owl" and "calibrate" not in at:
         problems.append(
             problem(
                 (*at["mask"], "allocation"),
@@ -823,7 +820,6 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
             )
         )
     export: ExportStage | None = config.stage("export")
-    mask: MaskStage | None = config.stage("mask")
     benchmark: BenchmarkStage | None = config.stage("benchmark")
     onnx_runtimes = [r for r in (benchmark.runtimes if benchmark else []) if r.startswith("onnx")]
     if onnx_runtimes and (export is None or not ONNX_FORMATS & set(export.formats)):

@@ -105,12 +105,13 @@ def measure_parity(model: nn.Module, tokenizer, onnx_path: Path, layout: CacheLa
     mismatched = []
     for index, prompt in enumerate(prompts):
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-        reference = model(input_ids=ids, use_cache=False).logits.float().numpy()
+        on_device = ids.to(next(model.parameters()).device)  # the model may sit on a GPU
+        reference = model(input_ids=on_device, use_cache=False).logits.float().cpu().numpy()
         exported, _ = onnx_step(session, layout, ids.numpy(), None, 0)
         diff = np.abs(exported.astype(np.float64) - reference)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float(diff.max() / max(np.abs(reference).max(), 1e-12)))
-        if torch_greedy(model, ids, new_tokens) != onnx_greedy(session, layout, ids.numpy(),
+        if torch_greedy(model, on_device, new_tokens) != onnx_greedy(session, layout, ids.numpy(),
                                                                new_tokens):
             mismatched.append(index)
     return ParityResult(max_abs, max_rel, not mismatched, new_tokens, len(prompts), mismatched)

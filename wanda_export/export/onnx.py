@@ -9,7 +9,6 @@ TorchScript path is deprecated.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +128,6 @@ def convert_to_fp16(source: Path, target: Path) -> Path:
 
     model = onnx.load(str(source))
     converted = convert_float_to_float16(model, keep_io_types=True)
-    external = os.path.getsize(source) > EXTERNAL_DATA_THRESHOLD
+    external = converted.ByteSize() > EXTERNAL_DATA_THRESHOLD  # the fp32 file may be external
     onnx.save(converted, str(target), save_as_external_data=external)
     return target

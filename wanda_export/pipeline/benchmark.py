@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from wanda_export.bench.compare import compare, comparison_dict
 from wanda_export.bench.dense_twin import write_dense_twin
-from wanda_export.bench.onnx_latency import CPU, CUDA, TENSORRT, measure_onnx
+from wanda_export.bench.onnx_latency import CPU, CUDA, TENSORRT, open_session, time_session
 from wanda_export.bench.runtimes import Availability, probe, runtime_availability
 from wanda_export.bench.shapes import Shape, parse_shapes
 from wanda_export.bench.tensorrt_log import captured_stderr, parse_sparse_tactics
@@ -93,58 +93,66 @@ def _dense_weights(ctx: RunContext) -> Iterator[None]:
                 weight_out_in(target.module).copy_(pruned[target.name])
 
 
+@contextmanager
+def _tensorrt_build_log(provider: str) -> Iterator[list[str]]:
+    """For TensorRT, onnxruntime's verbose log (the builder's sparsity lines) captured from
+    native stderr; for any other provider, nothing."""
+    if provider != TENSORRT:
+        yield []
+        return
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(0)
+    try:
+        with captured_stderr() as log:
+            yield log
+    finally:
+        onnxruntime.set_default_logger_severity(2)
+
+
 def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, workdir: Path,
-                  results: list[dict]) -> dict | None:
-    """Both ONNX files on one onnxruntime provider; the TensorRT build log when relevant."""
+                  add: Callable[[dict], None]) -> dict | None:
+    """Both ONNX files on one onnxruntime provider, one session per file timed on every shape;
+    for TensorRT, the sparse tactics its builder picked for the pruned file."""
     sparse_path, verification = ctx.onnx_export
     dense_path = workdir / "dense" / "model.onnx"
     if not dense_path.exists():
         write_dense_twin(sparse_path, verification, ctx.dense_weights, dense_path)
     provider = ORT_PROVIDERS[runtime]
-    cache = workdir / "trt-engines"
     tactics = None
     for variant, path in (("dense", dense_path), ("sparse", sparse_path)):
-        for shape in shapes:
-            if provider == TENSORRT:
-                import onnxruntime
-
-                onnxruntime.set_default_logger_severity(0)  # the builder's sparsity lines
-                with captured_stderr() as log:
-                    measured = measure_onnx(path, shape, threads=stage.threads,
-                                            warmup=stage.warmup, iterations=stage.iterations,
-                                            provider=provider, trt_cache_dir=cache / variant)
-                onnxruntime.set_default_logger_severity(2)
-                if variant == "sparse":
-                    found = parse_sparse_tactics("".join(log))
-                    tactics = found.to_dict() if tactics is None else {
-                        **tactics, "sparse_tactics": max(tactics["sparse_tactics"],
-                                                         found.sparse_tactics)}
-            else:
-                measured = measure_onnx(path, shape, threads=stage.threads, warmup=stage.warmup,
-                                        iterations=stage.iterations, provider=provider)
-            results.append({"runtime": runtime, "variant": variant, "shape": str(shape),
-                            "provider": measured.provider, "stats": measured.stats})
+        with _tensorrt_build_log(provider) as log:
+            session = open_session(path, threads=stage.threads, provider=provider,
+                                   trt_cache_dir=workdir / "trt-engines" / variant)
+            for shape in shapes:
+                measured = time_session(session, shape, threads=stage.threads,
+                                        warmup=stage.warmup, iterations=stage.iterations)
+                add({"runtime": runtime, "variant": variant, "shape": str(shape),
+                     "provider": measured.provider, "stats": measured.stats})
+        if provider == TENSORRT and variant == "sparse":
+            tactics = parse_sparse_tactics("".join(log)).to_dict()
     return tactics
 
 
 def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
-                   results: list[dict]) -> None:
-    """The model in PyTorch: dense vs pruned weights, or dense fp16 vs 2:4 kernels on CUDA."""
+                   add: Callable[[dict], None]) -> None:
+    """The model in PyTorch: dense vs pruned weights (torch), or the pruned weights in dense
+    fp16 kernels vs 2:4 semi-structured ones on CUDA (torch-sparse24)."""
     model = ctx.loaded.model
     if runtime == "torch-sparse24":
         model = copy.deepcopy(model).to("cuda", torch.float16)
     for variant in ("dense", "sparse"):
-        for shape in shapes:
-            if runtime == "torch" and variant == "dense":
-                with _dense_weights(ctx):
-                    measured = measure_torch_model(model, shape, stage.warmup, stage.iterations)
-            else:
-                if runtime == "torch-sparse24" and variant == "sparse" and shape == shapes[0]:
-                    to_sparse24_(model, [t.name for t in ctx.targets])
+        if runtime == "torch":
+            weights = _dense_weights(ctx) if variant == "dense" else nullcontext()
+        else:
+            weights = nullcontext()
+            if variant == "sparse":
+                to_sparse24_(model, [t.name for t in ctx.targets])
+        with weights:
+            for shape in shapes:
                 measured = measure_torch_model(model, shape, stage.warmup, stage.iterations)
-            results.append({"runtime": runtime, "variant": variant, "shape": str(shape),
-                            "device": measured.device, "dtype": measured.dtype,
-                            "stats": measured.stats})
+                add({"runtime": runtime, "variant": variant, "shape": str(shape),
+                     "device": measured.device, "dtype": measured.dtype, "stats": measured.stats})
 
 
 def run_benchmark(ctx: RunContext) -> StageRecord:
@@ -152,7 +160,7 @@ def run_benchmark(ctx: RunContext) -> StageRecord:
     the speedups and the unavailable runtimes with their reasons."""
     stage = ctx.config.stage("benchmark")
     shapes = parse_shapes(stage.shapes)
-    availability = check_runtimes(ctx.config)
+    availability = ctx.availability or check_runtimes(ctx.config)  # the runner probed
     results: list[dict] = []
     latency: dict = {"threads": stage.threads, "warmup": stage.warmup,
                      "iterations": stage.iterations,
@@ -161,14 +169,18 @@ def run_benchmark(ctx: RunContext) -> StageRecord:
         for name, runtime in availability.items():
             if not runtime.available:
                 continue
-            total = len(shapes) * 2
-            with ctx.progress.task(f"benchmark ({name})", total):
+            with ctx.progress.task(f"benchmark ({name})", 2 * len(shapes)) as advance:
+
+                def add(result: dict, advance=advance) -> None:
+                    results.append(result)
+                    advance(1)
+
                 if name in ORT_PROVIDERS:
-                    tactics = _measure_onnx(ctx, name, shapes, stage, Path(tmp), results)
+                    tactics = _measure_onnx(ctx, name, shapes, stage, Path(tmp), add)
                     if tactics is not None:
                         latency["tensorrt"] = tactics
                 else:
-                    _measure_torch(ctx, name, shapes, stage, results)
+                    _measure_torch(ctx, name, shapes, stage, add)
     by_variant: dict[str, dict[tuple[str, str], LatencyStats]] = {"dense": {}, "sparse": {}}
     for result in results:
         by_variant[result["variant"]][(result["runtime"], result["shape"])] = result["stats"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from wanda_export.allocation import Allocation
+from wanda_export.bench.runtimes import Availability
 from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
@@ -19,6 +20,7 @@ from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_win
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.prune import PruneSpec
 from wanda_export.report.record import RunRecord
+from wanda_export.sparsity.pattern import Pattern, parse_pattern
 
 
 @dataclass
@@ -37,15 +39,23 @@ class RunContext:
     pruned_in_calibration: bool = False  # a sequential calibration miss pruned as it went
     dense_weights: dict[str, torch.Tensor] | None = None  # kept for the benchmark's baseline
     onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
+    availability: dict[str, Availability] = field(default_factory=dict)  # benchmark runtimes
 
     def keep_dense_weights(self) -> None:
         """Copy every target's unpruned [out, in] weight to CPU memory, before any pruning."""
         self.dense_weights = {t.name: weight_out_in(t.module).detach().to("cpu", copy=True)
                               for t in self.targets}
 
-    @property
+    @cached_property
     def spec(self) -> PruneSpec | None:
+        """The pruning settings of the score/mask/calibrate stages (None without a mask)."""
         return self.config.prune_spec()
+
+    @property
+    def pattern(self) -> Pattern:
+        """The pattern the weights are verified against: the mask stage's, else unstructured
+        (a pipeline may verify a checkpoint it does not prune)."""
+        return self.spec.parsed_pattern if self.spec else parse_pattern("unstructured")
 
     @cached_property
     def targets(self) -> list[Target]:

@@ -53,7 +53,7 @@ def calibration_key_for(config: PipelineConfig, fingerprint: str, windows: torch
     """The key of the activation statistics this pipeline collects (`mode` and `hessian`
     override the pipeline's, e.g. for OWL's dense statistics in a sequential run)."""
     spec, data = config.prune_spec(), config.data.calibration
-    mode = mode or spec.mode
+    mode = mode or ("sequential" if spec.calibrates_sequentially else "dense")
     return CalibrationKey(
         model_fingerprint=fingerprint,
         calibration_digest=token_digest(windows),

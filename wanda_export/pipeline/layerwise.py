@@ -7,32 +7,40 @@ from __future__ import annotations
 import torch
 
 from wanda_export.allocation import Allocation, allocate, esd_alphas
-from wanda_export.cache.keys import esd_alphas_key
+from wanda_export.cache.keys import CalibrationKey, esd_alphas_key
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.stats import ChannelStats, stats_from_tensors, stats_to_tensors
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.inputs import calibration_key_for
 
 
-def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
-    """The unpruned model's statistics: the run's own in dense mode, otherwise the dense cache
-    entry (shared with dense-mode runs), computed by one dense pass on a miss."""
-    spec = ctx.spec
-    if spec.mode == "dense" and ctx.stats is not None:
-        return ctx.stats
+def cached_dense_statistics(ctx: RunContext, hessian: bool
+                            ) -> tuple[dict[str, ChannelStats], bool, CalibrationKey]:
+    """The unpruned model's statistics (with X^T X when `hessian`) from the dense-mode cache
+    entry, computed by one dense pass on a miss; returns them, whether it was a hit, the key."""
     windows = ctx.calibration_windows
     key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
-                              [t.name for t in ctx.targets], mode="dense", hessian=False)
+                              [t.name for t in ctx.targets], mode="dense", hessian=hessian)
 
     def compute():
-        with ctx.progress.task("calibrate (dense, for owl)", windows.shape[0]) as advance:
+        with ctx.progress.task("calibrate (dense)", windows.shape[0]) as advance:
             return stats_to_tensors(collect_dense(ctx.loaded.model, windows, ctx.targets,
-                                                  spec.batch_size, advance))
+                                                  ctx.spec.batch_size, advance, hessian))
 
-    tensors, hit = ctx.cache.get_or_compute("calibration", key.digest(), compute, key.record(),
-                                            metadata={"mode": "dense", "for": "owl"})
+    tensors, hit = ctx.cache.get_or_compute(
+        "calibration", key.digest(), compute, key.record(),
+        metadata={"mode": "dense", "targets": len(ctx.targets)})
+    return stats_from_tensors(tensors), hit, key
+
+
+def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
+    """OWL's input, the unpruned model's statistics: the run's own in dense mode, otherwise the
+    dense cache entry (shared with dense-mode runs)."""
+    if not ctx.spec.calibrates_sequentially and ctx.stats is not None:
+        return ctx.stats
+    stats, hit, _ = cached_dense_statistics(ctx, hessian=False)
     ctx.allocation_inputs["dense_statistics"] = "hit" if hit else "miss"
-    return stats_from_tensors(tensors)
+    return stats
 
 
 def cached_alphas(ctx: RunContext) -> dict[str, float]:

@@ -51,13 +51,14 @@ def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) 
         rows.append(_row("evaluate-dense", cache, "perplexity", key))
     names: list[str] = []
     if spec is not None:
-        names = [t.name for t in find_targets(meta_model(model_source, revision=config.model.revision),
-                                              list(spec.include) or None,
+        model = meta_model(model_source, revision=config.model.revision,
+                           trust_remote_code=config.model.trust_remote_code)
+        names = [t.name for t in find_targets(model, list(spec.include) or None,
                                               list(spec.exclude) or None)]
     for name in config.stage_names():
         if name == "calibrate" and spec is not None and spec.needs_calibration:
             windows = calibration_windows_for(config, tokenizer)
-            if spec.allocation == "owl" and spec.mode == "sequential":
+            if spec.allocation == "owl" and spec.calibrates_sequentially:
                 key = calibration_key_for(config, fingerprint, windows, names, mode="dense",
                                           hessian=False).digest()
                 rows.append(_row("allocate-owl-statistics", cache, "calibration", key))

@@ -75,7 +75,12 @@ def _publish(staging: Path, out_dir: Path) -> None:
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(out_dir, old)
-    os.replace(staging, out_dir)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        if old is not None:  # put the previous release back where it was
+            os.replace(old, out_dir)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -117,8 +122,8 @@ def run_pipeline(
     names = config.stage_names()
     if until is not None:
         names = names[: names.index(until) + 1]
-    if "benchmark" in names:
-        check_runtimes(config)  # a gated runtime this machine lacks: exit 4 before any work
+    # a gated runtime this machine lacks: exit 4 before any work
+    availability = check_runtimes(config) if "benchmark" in names else {}
     staging = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
@@ -138,6 +143,7 @@ def run_pipeline(
         ctx = RunContext(config=config, cache=cache or CacheStore(), staging=staging,
                          record=record, loaded=loaded, progress=progress or NullProgress())
         if "benchmark" in names:
+            ctx.availability = availability
             ctx.keep_dense_weights()
         spec = config.prune_spec()
         if spec is not None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
 from wanda_export.config.models import ONNX_FORMATS
 from wanda_export.evaluate.parity import measure_parity
@@ -27,10 +26,9 @@ from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.pipeline.benchmark import run_benchmark
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
-from wanda_export.pipeline.layerwise import ensure_allocation
+from wanda_export.pipeline.layerwise import cached_dense_statistics, ensure_allocation
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.record import GateResult, StageRecord
-from wanda_export.sparsity.pattern import parse_pattern
 from wanda_export.sparsity.verify import SparsityReport
 
 CHECKPOINT_DIR = "model"
@@ -46,37 +44,35 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
         return StageRecord("calibrate", status="skipped",
                            detail={"reason": "the scoring method needs no activations"})
     windows = ctx.calibration_windows
-    key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
-                              [target.name for target in ctx.targets])
-    model = ctx.loaded.model
+    if not spec.calibrates_sequentially:
+        ctx.stats, hit, key = cached_dense_statistics(ctx, spec.needs_hessian)
+    else:
+        key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
+                                  [target.name for target in ctx.targets])
 
-    def compute():
-        if spec.mode == "dense":
-            with ctx.progress.task("calibrate (dense)", windows.shape[0]) as advance:
-                stats = collect_dense(model, windows, ctx.targets, spec.batch_size, advance,
-                                      spec.needs_hessian)
-        else:
+        def compute():
             allocation = ensure_allocation(ctx)
             layers = len({t.layer_index for t in ctx.targets})
             with ctx.progress.task("calibrate (sequential)", layers) as advance:
-                stats = prune_model(model, spec, windows, on_progress=lambda _index: advance(1),
-                                    allocation=allocation).stats
+                stats = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
+                                    on_progress=lambda _index: advance(1)).stats
             ctx.pruned_in_calibration = True
-        return stats_to_tensors(stats)
+            return stats_to_tensors(stats)
 
-    tensors, hit = ctx.cache.get_or_compute(
-        "calibration", key.digest(), compute, key.record(),
-        metadata={"mode": spec.mode, "targets": len(ctx.targets)},
-    )
-    ctx.stats = stats_from_tensors(tensors)
+        tensors, hit = ctx.cache.get_or_compute(
+            "calibration", key.digest(), compute, key.record(),
+            metadata={"mode": spec.mode, "targets": len(ctx.targets)})
+        ctx.stats = stats_from_tensors(tensors)
     return StageRecord("calibrate", cache="hit" if hit else "miss",
-                       detail={"key": key.digest(), "mode": spec.mode,
+                       detail={"key": key.digest(), "mode": key.mode,
                                "tokens": int(windows.numel())})
 
 
 def run_score(ctx: RunContext) -> StageRecord:
     """Record the scoring method; the scores themselves are computed by the mask stage."""
     spec = ctx.spec
+    if spec is None:
+        return StageRecord("score", status="skipped", detail={"reason": "no mask stage"})
     detail = {"method": spec.method, "group": spec.comparison_group}
     if spec.method == "sparsegpt":
         detail |= {"dampening": spec.dampening, "block_size": spec.block_size}
@@ -85,9 +81,9 @@ def run_score(ctx: RunContext) -> StageRecord:
 
 def _record_sparsity(ctx: RunContext) -> SparsityReport:
     """Verify every target's weight as it now is and put the result in the run record."""
-    spec = ctx.spec
-    report = verify_targets(ctx.targets, spec.parsed_pattern)
-    ctx.record.sparsity = {"pattern": spec.pattern, "target": spec.sparsity, **report.to_dict()}
+    report = verify_targets(ctx.targets, ctx.pattern)
+    ctx.record.sparsity = {"pattern": str(ctx.pattern),
+                           "target": ctx.spec.sparsity if ctx.spec else None, **report.to_dict()}
     if ctx.allocation is not None:
         ctx.record.sparsity["allocation"] = ctx.allocation.to_dict()
     return report
@@ -109,12 +105,11 @@ def run_mask(ctx: RunContext) -> StageRecord:
 
 def run_verify(ctx: RunContext) -> StageRecord:
     """Re-read every target's weight and check sparsity and the N:M pattern along K."""
-    spec = ctx.spec
     report = _record_sparsity(ctx)
     invalid = [name for name, layer in report.layers.items() if not layer.valid]
     ctx.record.gates.append(GateResult(
         name="verify", passed=not invalid, value=len(invalid), threshold=0,
-        message="" if not invalid else f"pattern {spec.pattern} violated in: {', '.join(invalid)}",
+        message="" if not invalid else f"pattern {ctx.pattern} violated in: {', '.join(invalid)}",
     ))
     return StageRecord("verify", status="ok" if not invalid else "failed",
                        detail={"overall": report.overall, "invalid_layers": invalid})
@@ -182,8 +177,7 @@ def pruning_plan(ctx: RunContext) -> dict:
 
 def _verify_in_file(ctx: RunContext, path: Path, label: str) -> OnnxVerification:
     """Re-verify the pruned weights inside an exported ONNX file; a failure is a gate failure."""
-    spec = ctx.spec
-    pattern = spec.parsed_pattern if spec else parse_pattern("unstructured")
+    pattern = ctx.pattern
     verification = verify_onnx(path, ctx.targets, pattern)
     failures = verification.failures
     ctx.record.gates.append(GateResult(

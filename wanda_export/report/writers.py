@@ -329,10 +329,10 @@ def _latency_section(metrics: dict[str, Any]) -> list[str]:
         picked = (f"TensorRT picked sparse tactics for **{tensorrt.get('sparse_tactics')}** of "
                   f"{tensorrt.get('eligible_layers')} eligible layers.")
         lines += [picked, ""]
-    for name, runtime in (latency.get("runtimes") or {}).items():
-        if not runtime.get("available"):
-            lines += [f"- `{name}`: unavailable ({runtime.get('reason')})"]
-    return [*lines, ""] if lines[-1] else lines
+    unavailable = [f"- `{name}`: unavailable ({runtime.get('reason')})"
+                   for name, runtime in (latency.get("runtimes") or {}).items()
+                   if not runtime.get("available")]
+    return [*lines, *unavailable, ""] if unavailable else lines
 
 
 def _layers_section(sparsity: dict[str, Any] | None) -> list[str]:

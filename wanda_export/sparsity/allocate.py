@@ -178,7 +178,10 @@ def owl_allocation(outliers: Mapping[Hashable, float], params: Mapping[str, int]
                    lam: float = 0.08) -> dict[str, float]:
     """Per-matrix sparsity from per-group outlier ratios (`owl_ratios` over the groups)."""
     keys = list(outliers)
-    sizes = [sum(size for name, size in params.items() if groups[name] == key) for key in keys]
+    group_sizes = dict.fromkeys(keys, 0)
+    for name, size in params.items():
+        group_sizes[groups[name]] += size
+    sizes = [group_sizes[key] for key in keys]
     by_group = dict(zip(keys, owl_ratios([outliers[k] for k in keys], sizes, target, lam),
                         strict=True))
     return {name: by_group[groups[name]] for name in params}
