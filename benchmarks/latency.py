@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wanda-latency-") as tmp:
         record = run_pipeline(load_config(args.config), Path(tmp) / "out")
-    latency = record.metrics["latency"]
+    latency = record.metrics.latency.to_dict()
     device = "gpu" if any(r["runtime"] != "onnxruntime-cpu" and r.get("device") == "cuda"
                           for r in latency["results"]) else "cpu"
     output = HERE / "results" / f"latency-{device}.json"

@@ -247,7 +247,7 @@ def test_latency_chart_writes_a_png(tmp_path):
     assert path == tmp_path / "charts" / "latency.png"
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
-    again = latency_chart([row.to_dict() for row in rows], tmp_path / "again.png")
+    again = latency_chart(rows, tmp_path / "again.png")
     assert again.read_bytes() == path.read_bytes()
     assert latency_chart([], tmp_path / "empty.png") is None
 

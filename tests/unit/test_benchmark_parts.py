@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from wanda_export.bench.compare import ComparisonRow
 from wanda_export.bench.dense_twin import write_dense_twin
-from wanda_export.bench.tensorrt_log import captured_stderr, parse_sparse_tactics
+from wanda_export.bench.tensorrt_log import SparseTactics, captured_stderr, parse_sparse_tactics
 from wanda_export.config.models import GatesConfig
 from wanda_export.evaluate.parity import onnx_session, onnx_step
 from wanda_export.export.onnx import export_onnx
@@ -19,6 +20,7 @@ from wanda_export.export.onnx_verify import verify_onnx
 from wanda_export.model.layers import find_targets, weight_out_in
 from wanda_export.prune import PruneSpec, prune_model
 from wanda_export.report.gates import evaluate_gates
+from wanda_export.report.metrics import LatencyMetrics
 from wanda_export.report.record import RunRecord
 from wanda_export.sparsity.pattern import parse_pattern
 
@@ -68,17 +70,17 @@ def test_dense_twin_restores_the_dense_weights_in_the_same_graph(tiny_model_dir,
     assert np.abs(sparse_logits - dense_logits).max() > 1e-3
 
 
-def record_with(latency: dict) -> RunRecord:
+def record_with(rows: list[ComparisonRow] | None = None,
+                tensorrt: SparseTactics | None = None) -> RunRecord:
+    """A record whose benchmark compared `rows` and parsed `tensorrt` from the build log."""
     record = RunRecord(tool_version="test", config_digest="0")
-    record.metrics["latency"] = latency
+    record.metrics.latency = LatencyMetrics(threads=1, warmup=0, iterations=1, runtimes={},
+                                            comparison=rows or [], tensorrt=tensorrt)
     return record
 
 
-ROWS = {"comparison": {"rows": [
-    {"runtime": "torch", "shape": "prefill:1x16", "dense_p50_ms": 4.0, "sparse_p50_ms": 2.0,
-     "speedup": 2.0},
-    {"runtime": "torch", "shape": "decode:1x1@8", "dense_p50_ms": 1.0, "sparse_p50_ms": 1.0,
-     "speedup": 1.0}]}}
+ROWS = [ComparisonRow("torch", "prefill:1x16", 4.0, 2.0, None, None, 2.0),
+        ComparisonRow("torch", "decode:1x1@8", 1.0, 1.0, None, None, 1.0)]
 
 
 @pytest.mark.parametrize(("gate", "passed", "value"), [
@@ -104,8 +106,11 @@ def test_latency_gate_without_measurements_fails_naming_what_is_missing():
 @pytest.mark.parametrize(("tactics", "passed"), [(3, True), (0, False)])
 def test_tensorrt_gate_counts_sparse_tactics(tactics, passed):
     gates = GatesConfig.model_validate({"tensorrt": {"min_sparse_tactics": 1}})
-    record = record_with({"tensorrt": {"eligible_layers": 5, "sparse_tactics": tactics}})
+    record = record_with(tensorrt=SparseTactics(eligible_layers=5, sparse_tactics=tactics))
     (result,) = evaluate_gates(gates, record)
     assert result.passed is passed and result.value == tactics
-    (missing,) = evaluate_gates(gates, record_with({}))
+    assert isinstance(result.value, float) and "eligible: 5" in result.message
+    (missing,) = evaluate_gates(gates, record_with())
     assert not missing.passed and "no TensorRT build log" in missing.message
+    (unbenchmarked,) = evaluate_gates(gates, RunRecord(tool_version="test", config_digest="0"))
+    assert not unbenchmarked.passed and "no TensorRT build log" in unbenchmarked.message

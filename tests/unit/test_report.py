@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from wanda_export.config.models import GatesConfig, PerplexityGate, SparsityGate
+from wanda_export.evaluate.parity import ParityResult
 from wanda_export.report import (
     ArtifactRecord,
     GateResult,
@@ -28,24 +29,21 @@ from wanda_export.report import (
     write_report_json,
     write_summary_md,
 )
+from wanda_export.report.metrics import PerplexityMetrics, SparsityRecord
+from wanda_export.sparsity.verify import LayerSparsity, SparsityReport
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def layer(sparsity: float, pattern: str = "2:4", valid: bool = True) -> dict[str, Any]:
-    """One layer entry shaped like `SparsityReport.to_dict()["layers"][name]`."""
-    numel = 1024
-    return {
-        "zeros": round(sparsity * numel),
-        "numel": numel,
-        "pattern": pattern,
-        "valid": valid,
-        "violating_groups": 0 if valid else 3,
-        "sparsity": sparsity,
-    }
+def layer(sparsity: float, pattern: str = "2:4", valid: bool = True) -> LayerSparsity:
+    """One layer's verification result with `sparsity` zeros (exact for two decimals)."""
+    numel = 1000
+    return LayerSparsity(zeros=round(sparsity * numel), numel=numel, pattern=pattern,
+                         valid=valid, violating_groups=0 if valid else 3)
 
 
-def model_layers(blocks: int, sparsity: float = 0.5, pattern: str = "2:4") -> dict[str, Any]:
+def model_layers(blocks: int, sparsity: float = 0.5,
+                 pattern: str = "2:4") -> dict[str, LayerSparsity]:
     """Layers of a llama-like model in model order: seven projections per block."""
     layers = {}
     for block in range(blocks):
@@ -56,18 +54,14 @@ def model_layers(blocks: int, sparsity: float = 0.5, pattern: str = "2:4") -> di
 
 
 def make_record(
-    layers: dict[str, Any] | None = None,
-    overall: float | None = None,
+    layers: dict[str, LayerSparsity] | None = None,
     perplexity: dict[str, Any] | None = None,
 ) -> RunRecord:
     """A run record with the given sparsity and perplexity measurements (None: not measured)."""
     sparsity = None
     if layers is not None:
-        if overall is None:
-            values = [entry["sparsity"] for entry in layers.values()]
-            overall = sum(values) / len(values) if values else 0.0
-        sparsity = {"overall": overall, "valid": True, "pattern": "2:4", "layers": layers}
-    return RunRecord(
+        sparsity = SparsityRecord(pattern="2:4", target=0.5, report=SparsityReport(layers))
+    record = RunRecord(
         tool_version="0.1.0",
         config_digest="c0ffee" * 10 + "abcd",
         model={"source": "HuggingFaceTB/SmolLM2-135M", "fingerprint": "f1e2d3c4b5a69788" * 4},
@@ -77,8 +71,10 @@ def make_record(
             StageRecord("mask", "ok", "hit", 0.5),
         ],
         sparsity=sparsity,
-        metrics={"perplexity": perplexity} if perplexity is not None else {},
     )
+    if perplexity is not None:
+        record.metrics.perplexity = PerplexityMetrics(**perplexity)
+    return record
 
 
 def gates(**kwargs: Any) -> GatesConfig:
@@ -99,14 +95,17 @@ def only(results: list[GateResult]) -> GateResult:
 
 
 @pytest.mark.parametrize(
-    ("overall", "passed"),
-    [(0.5, True), (0.5 - 1e-12, True), (0.6, True), (0.4999, False), (0.0, False)],
+    ("zeros", "numel", "passed"),
+    [(1, 2, True), (5 * 10**11 - 1, 10**12, True), (3, 5, True), (4999, 10**4, False),
+     (0, 4, False)],
 )
-def test_sparsity_min_threshold_sides(overall: float, passed: bool):
-    result = only(evaluate_gates(gates(min=0.5), make_record(model_layers(1), overall=overall)))
+def test_sparsity_min_threshold_sides(zeros: int, numel: int, passed: bool):
+    layers = {"a.q_proj": LayerSparsity(zeros, numel, "2:4", True),
+              "a.k_proj": LayerSparsity(zeros, numel, "2:4", True)}
+    result = only(evaluate_gates(gates(min=0.5), make_record(layers)))
     assert result.name == "sparsity.min"
     assert result.passed is passed
-    assert result.value == overall and result.threshold == 0.5
+    assert result.value == zeros / numel and result.threshold == 0.5
 
 
 @pytest.mark.parametrize(
@@ -197,11 +196,13 @@ def test_missing_dense_perplexity_fails_only_the_ratio_gate():
 
 
 def test_nan_measurements_fail_their_gates():
-    record = make_record(
-        model_layers(1), overall=math.nan, perplexity={"dense": 10.0, "pruned": math.nan}
-    )
+    # sparsity is counted in integers and cannot be NaN; perplexity can
+    record = make_record(model_layers(1), perplexity={"dense": 10.0, "pruned": math.nan})
     results = evaluate_gates(gates(min=0.5, max=20.0, max_ratio_to_dense=1.2), record)
-    assert len(results) == 3 and not any(r.passed for r in results)
+    assert len(results) == 3 and [r.passed for r in results] == [True, False, False]
+    record.metrics.perplexity.dense = math.nan
+    (ratio,) = evaluate_gates(gates(max_ratio_to_dense=1.2), record)
+    assert not ratio.passed and "undefined" in ratio.message
 
 
 def test_only_configured_gates_run_and_summary_counts():
@@ -272,10 +273,10 @@ def test_report_json_is_deterministic(tmp_path: Path):
 
 def test_nan_and_inf_in_metrics_give_valid_json(tmp_path: Path):
     record = finished_record(perplexity={"dense": math.inf, "pruned": math.nan})
-    record.metrics["extra"] = [1.5, -math.inf]
+    record.metrics.parity = ParityResult(1.5, -math.inf, True, 4, 3, [])
     data = strict_json((write_report_json(record, tmp_path / "report.json")).read_text())
     assert data["metrics"]["perplexity"] == {"dense": None, "pruned": None}
-    assert data["metrics"]["extra"] == [1.5, None]
+    assert [data["metrics"]["parity"][k] for k in ("max_abs_diff", "max_rel_diff")] == [1.5, None]
 
 
 def test_manifest_sha256_matches_the_files(tmp_path: Path):

@@ -28,13 +28,14 @@ from wanda_export.bench.dense_twin import write_dense_twin
 from wanda_export.bench.onnx_latency import CPU, CUDA, TENSORRT, open_session, time_session
 from wanda_export.bench.runtimes import Availability, probe, runtime_availability
 from wanda_export.bench.shapes import Shape, parse_shapes
-from wanda_export.bench.tensorrt_log import captured_stderr, parse_sparse_tactics
+from wanda_export.bench.tensorrt_log import SparseTactics, captured_stderr, parse_sparse_tactics
 from wanda_export.bench.timing import LatencyStats
 from wanda_export.bench.torch_latency import measure_torch_model, to_sparse24_
 from wanda_export.config import PipelineConfig
 from wanda_export.errors import EnvironmentProblem
 from wanda_export.model.layers import weight_out_in
 from wanda_export.pipeline.context import RunContext
+from wanda_export.report.metrics import LatencyMetrics, LatencyRow
 from wanda_export.report.record import StageRecord
 
 ORT_PROVIDERS = {"onnxruntime-cpu": CPU, "onnxruntime-cuda": CUDA,
@@ -111,7 +112,7 @@ def _tensorrt_build_log(provider: str) -> Iterator[list[str]]:
 
 
 def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, workdir: Path,
-                  add: Callable[[dict], None]) -> dict | None:
+                  add: Callable[[LatencyRow], None]) -> SparseTactics | None:
     """Both ONNX files on one onnxruntime provider, one session per file timed on every shape;
     for TensorRT, the sparse tactics its builder picked for the pruned file."""
     sparse_path, verification = ctx.onnx_export
@@ -127,15 +128,15 @@ def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, wor
             for shape in shapes:
                 measured = time_session(session, shape, threads=stage.threads,
                                         warmup=stage.warmup, iterations=stage.iterations)
-                add({"runtime": runtime, "variant": variant, "shape": str(shape),
-                     "provider": measured.provider, "stats": measured.stats})
+                add(LatencyRow(runtime, variant, str(shape), measured.stats,
+                               provider=measured.provider))
         if provider == TENSORRT and variant == "sparse":
-            tactics = parse_sparse_tactics("".join(log)).to_dict()
+            tactics = parse_sparse_tactics("".join(log))
     return tactics
 
 
 def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
-                   add: Callable[[dict], None]) -> None:
+                   add: Callable[[LatencyRow], None]) -> None:
     """The model in PyTorch: dense vs pruned weights (torch), or the pruned weights in dense
     fp16 kernels vs 2:4 semi-structured ones on CUDA (torch-sparse24)."""
     model = ctx.loaded.model
@@ -151,8 +152,8 @@ def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
         with weights:
             for shape in shapes:
                 measured = measure_torch_model(model, shape, stage.warmup, stage.iterations)
-                add({"runtime": runtime, "variant": variant, "shape": str(shape),
-                     "device": measured.device, "dtype": measured.dtype, "stats": measured.stats})
+                add(LatencyRow(runtime, variant, str(shape), measured.stats,
+                               device=measured.device, dtype=measured.dtype))
 
 
 def run_benchmark(ctx: RunContext) -> StageRecord:
@@ -161,35 +162,30 @@ def run_benchmark(ctx: RunContext) -> StageRecord:
     stage = ctx.config.stage("benchmark")
     shapes = parse_shapes(stage.shapes)
     availability = ctx.availability or check_runtimes(ctx.config)  # the runner probed
-    results: list[dict] = []
-    latency: dict = {"threads": stage.threads, "warmup": stage.warmup,
-                     "iterations": stage.iterations,
-                     "runtimes": {name: a.to_dict() for name, a in availability.items()}}
+    latency = LatencyMetrics(threads=stage.threads, warmup=stage.warmup,
+                             iterations=stage.iterations, runtimes=dict(availability))
     with tempfile.TemporaryDirectory(prefix="wanda-export-bench-") as tmp, _threads(stage.threads):
         for name, runtime in availability.items():
             if not runtime.available:
                 continue
             with ctx.progress.task(f"benchmark ({name})", 2 * len(shapes)) as advance:
 
-                def add(result: dict, advance=advance) -> None:
-                    results.append(result)
+                def add(row: LatencyRow, advance=advance) -> None:
+                    latency.results.append(row)
                     advance(1)
 
                 if name in ORT_PROVIDERS:
                     tactics = _measure_onnx(ctx, name, shapes, stage, Path(tmp), add)
                     if tactics is not None:
-                        latency["tensorrt"] = tactics
+                        latency.tensorrt = tactics
                 else:
                     _measure_torch(ctx, name, shapes, stage, add)
     by_variant: dict[str, dict[tuple[str, str], LatencyStats]] = {"dense": {}, "sparse": {}}
-    for result in results:
-        by_variant[result["variant"]][(result["runtime"], result["shape"])] = result["stats"]
-    rows = compare(by_variant["dense"], by_variant["sparse"])
-    latency["results"] = [{**{k: v for k, v in r.items() if k != "stats"}, **r["stats"].to_dict()}
-                          for r in results]
-    latency["comparison"] = comparison_dict(rows)
-    ctx.record.metrics["latency"] = latency
+    for row in latency.results:
+        by_variant[row.variant][(row.runtime, row.shape)] = row.stats
+    latency.comparison = compare(by_variant["dense"], by_variant["sparse"])
+    ctx.record.metrics.latency = latency
     unavailable = {name: a.reason for name, a in availability.items() if not a.available}
     return StageRecord("benchmark", detail={
-        "measured": sorted({r["runtime"] for r in results}), "unavailable": unavailable,
-        "speedup": latency["comparison"]["speedup"]})
+        "measured": sorted({row.runtime for row in latency.results}),
+        "unavailable": unavailable, "speedup": comparison_dict(latency.comparison)["speedup"]})

@@ -88,11 +88,11 @@ def _publish(staging: Path, out_dir: Path) -> None:
 def _write_outputs(ctx: RunContext) -> None:
     record, staging = ctx.record, ctx.staging
     charts = {}
-    if record.sparsity:
+    if record.sparsity is not None:
         chart = plot_layer_sparsity(record, staging / "charts" / "sparsity.png")
         if chart is not None:
             charts["per-layer sparsity"] = "charts/sparsity.png"
-    rows = ((record.metrics.get("latency") or {}).get("comparison") or {}).get("rows")
+    rows = [] if record.metrics.latency is None else record.metrics.latency.comparison
     if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
         charts["dense vs sparse latency"] = "charts/latency.png"
     record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
@@ -157,8 +157,8 @@ def run_pipeline(
             if name == "evaluate" and not evaluate.perplexity:
                 continue
             _timed(name, STAGES[name], ctx)
-        if until is None:  # a partial run (one stage command) measures too little to gate on
-            record.gates += evaluate_gates(config.gates, record)
+        # a partial run (one stage command) measures too little for the configured gates
+        record.gates = evaluate_gates(config.gates, record, configured=until is None)
         failed = [gate for gate in record.gates if not gate.passed]
         record.status = "failed" if failed else "passed"
         record.exit_code = EXIT_GATE if failed else EXIT_OK

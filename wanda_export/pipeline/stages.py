@@ -1,5 +1,7 @@
-"""The pipeline stages and their registry. Each stage reads and fills the run context and
-returns its StageRecord (status, cache hit/miss, detail); the runner times it.
+"""The pipeline stages and their registry. Each stage reads and fills the run context, writes
+what it measured into the run record's typed fields (the gates are all evaluated afterwards, in
+`report/gates.py`) and returns its StageRecord (status, cache hit/miss, detail); the runner
+times it.
 
 Scores are computed inside the mask stage (scoring every weight is only worth it to mask it);
 the score stage records the method. In sequential mode a calibration miss prunes layer by layer
@@ -28,8 +30,14 @@ from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
 from wanda_export.pipeline.layerwise import cached_dense_statistics, ensure_allocation
 from wanda_export.prune import prune_model, prune_targets, verify_targets
-from wanda_export.report.record import GateResult, StageRecord
-from wanda_export.sparsity.verify import SparsityReport
+from wanda_export.report.metrics import (
+    ArtifactSizes,
+    FileSize,
+    OnnxFileCheck,
+    PerplexityMetrics,
+    SparsityRecord,
+)
+from wanda_export.report.record import StageRecord
 
 CHECKPOINT_DIR = "model"
 ONNX_DIR = "onnx"
@@ -79,14 +87,12 @@ def run_score(ctx: RunContext) -> StageRecord:
     return StageRecord("score", detail=detail)
 
 
-def _record_sparsity(ctx: RunContext) -> SparsityReport:
+def _record_sparsity(ctx: RunContext) -> SparsityRecord:
     """Verify every target's weight as it now is and put the result in the run record."""
-    report = verify_targets(ctx.targets, ctx.pattern)
-    ctx.record.sparsity = {"pattern": str(ctx.pattern),
-                           "target": ctx.spec.sparsity if ctx.spec else None, **report.to_dict()}
-    if ctx.allocation is not None:
-        ctx.record.sparsity["allocation"] = ctx.allocation.to_dict()
-    return report
+    ctx.record.sparsity = SparsityRecord(
+        pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
+        report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation)
+    return ctx.record.sparsity
 
 
 def run_mask(ctx: RunContext) -> StageRecord:
@@ -96,7 +102,7 @@ def run_mask(ctx: RunContext) -> StageRecord:
     allocation = ensure_allocation(ctx)
     if not ctx.pruned_in_calibration:
         prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios)
-    report = _record_sparsity(ctx)
+    report = _record_sparsity(ctx).report
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,
                                        "allocation": allocation.method,
                                        **({"cache": ctx.allocation_inputs}
@@ -104,15 +110,13 @@ def run_mask(ctx: RunContext) -> StageRecord:
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
-    """Re-read every target's weight and check sparsity and the N:M pattern along K."""
-    report = _record_sparsity(ctx)
-    invalid = [name for name, layer in report.layers.items() if not layer.valid]
-    ctx.record.gates.append(GateResult(
-        name="verify", passed=not invalid, value=len(invalid), threshold=0,
-        message="" if not invalid else f"pattern {ctx.pattern} violated in: {', '.join(invalid)}",
-    ))
+    """Re-read every target's weight and check sparsity and the N:M pattern along K (the
+    `verify` gate reads the result)."""
+    sparsity = _record_sparsity(ctx)
+    sparsity.verified = True
+    invalid = sparsity.report.invalid_layers
     return StageRecord("verify", status="ok" if not invalid else "failed",
-                       detail={"overall": report.overall, "invalid_layers": invalid})
+                       detail={"overall": sparsity.report.overall, "invalid_layers": invalid})
 
 
 def run_dense_baseline(ctx: RunContext) -> StageRecord:
@@ -129,7 +133,9 @@ def run_dense_baseline(ctx: RunContext) -> StageRecord:
     tensors, hit = ctx.cache.get_or_compute(
         "perplexity", key, compute, {"schema": "dense-perplexity", "key": key})
     dense = float(tensors["perplexity"][0])
-    ctx.record.metrics.setdefault("perplexity", {})["dense"] = dense
+    metrics = ctx.record.metrics
+    metrics.perplexity = metrics.perplexity or PerplexityMetrics()
+    metrics.perplexity.dense = dense
     return StageRecord("evaluate-dense", cache="hit" if hit else "miss",
                        detail={"perplexity": dense, "windows": int(windows.shape[0])})
 
@@ -140,12 +146,13 @@ def run_evaluate(ctx: RunContext) -> StageRecord:
     windows = ctx.evaluation_windows
     with ctx.progress.task("evaluate (pruned)", windows.shape[0]) as advance:
         value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
-    metrics = ctx.record.metrics.setdefault("perplexity", {})
-    metrics["pruned"] = value
-    if "dense" in metrics:
-        metrics["ratio_to_dense"] = value / metrics["dense"]
-    metrics["windows"] = int(windows.shape[0])
-    metrics["seqlen"] = int(windows.shape[1])
+    metrics = ctx.record.metrics
+    measured = metrics.perplexity = metrics.perplexity or PerplexityMetrics()
+    measured.pruned = value
+    if measured.dense is not None:
+        measured.ratio_to_dense = value / measured.dense
+    measured.windows = int(windows.shape[0])
+    measured.seqlen = int(windows.shape[1])
     return StageRecord("evaluate", detail={"perplexity": value})
 
 
@@ -153,7 +160,8 @@ def pruning_plan(ctx: RunContext) -> dict:
     """The deterministic description of what was pruned, stamped into exported artifacts."""
     spec = ctx.spec
     calibration = ctx.config.data.calibration
-    layers = (ctx.record.sparsity or {}).get("layers", {})
+    sparsity = ctx.record.sparsity
+    layers = {} if sparsity is None else sparsity.report.layers
     return {
         "tool": "wanda-export",
         "tool_version": ctx.record.tool_version,
@@ -171,26 +179,17 @@ def pruning_plan(ctx: RunContext) -> dict:
         "calibration": None if calibration is None else {
             "source": calibration.source, "nsamples": calibration.nsamples,
             "seqlen": calibration.seqlen, "seed": calibration.seed},
-        "layers": {name: layer["sparsity"] for name, layer in layers.items()},
+        "layers": {name: layer.sparsity for name, layer in layers.items()},
     }
 
 
 def _verify_in_file(ctx: RunContext, path: Path, label: str) -> OnnxVerification:
-    """Re-verify the pruned weights inside an exported ONNX file; a failure is a gate failure."""
-    pattern = ctx.pattern
-    verification = verify_onnx(path, ctx.targets, pattern)
-    failures = verification.failures
-    ctx.record.gates.append(GateResult(
-        name=f"{label}.sparsity", passed=verification.valid, value=len(failures), threshold=0,
-        message="" if not failures else
-        "pruned weights missing or not " + str(pattern) + " along K in: " + ", ".join(
-            f"{name} ({verification.layers[name].initializer or 'no initializer'})"
-            for name in failures)))
-    ctx.record.metrics.setdefault("onnx", {})[label] = {
-        "file": str(path.relative_to(ctx.staging)), "valid": verification.valid,
-        "failures": failures, "layers": len(verification.layers),
-        "layouts": sorted({check.layout or "missing" for check in verification.layers.values()}),
-    }
+    """Re-verify the pruned weights inside an exported ONNX file and record the result (the
+    `<label>.sparsity` gate reads it)."""
+    verification = verify_onnx(path, ctx.targets, ctx.pattern)
+    ctx.record.metrics.onnx[label] = OnnxFileCheck(
+        file=str(path.relative_to(ctx.staging)), pattern=str(ctx.pattern),
+        verification=verification)
     return verification
 
 
@@ -217,11 +216,11 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool
             parity = measure_parity(ctx.loaded.model, ctx.loaded.tokenizer, exported.path,
                                     exported.layout, new_tokens=stage.parity_tokens)
             advance(1)
-        ctx.record.metrics["parity"] = parity.to_dict()
+        ctx.record.metrics.parity = parity
     return detail, valid
 
 
-def artifact_sizes(ctx: RunContext) -> dict:
+def artifact_sizes(ctx: RunContext) -> ArtifactSizes:
     """Bytes of each exported weight file against a dense export of the same model and dtype.
 
     The formats store pruned weights densely (zeros included), so a ratio near 1.0 is the honest
@@ -231,10 +230,10 @@ def artifact_sizes(ctx: RunContext) -> dict:
                 if p is not None)
     files = sorted(ctx.staging.glob(f"{CHECKPOINT_DIR}/*.safetensors")) + sorted(
         ctx.staging.glob(f"{ONNX_DIR}/model*.onnx*"))
-    return {"dense_parameter_bytes": dense, "files": {
-        str(path.relative_to(ctx.staging)): {"bytes": path.stat().st_size,
-                                              "ratio_to_dense": path.stat().st_size / dense}
-        for path in files}}
+    return ArtifactSizes(dense_parameter_bytes=dense, files={
+        str(path.relative_to(ctx.staging)): FileSize(bytes=path.stat().st_size,
+                                                     ratio_to_dense=path.stat().st_size / dense)
+        for path in files})
 
 
 def run_export(ctx: RunContext) -> StageRecord:
@@ -249,7 +248,7 @@ def run_export(ctx: RunContext) -> StageRecord:
     if ONNX_FORMATS & set(formats):
         onnx_detail, valid = _export_onnx(ctx, formats, stage)
         detail.update(onnx_detail)
-    ctx.record.metrics["sizes"] = artifact_sizes(ctx)
+    ctx.record.metrics.sizes = artifact_sizes(ctx)
     return StageRecord("export", status="ok" if valid else "failed", detail=detail)
 
 

@@ -1,6 +1,7 @@
 """Run reporting: the run record, release gates, and the files a run publishes.
 
-`evaluate_gates` turns a finished `RunRecord` into gate results; the writers publish it as
+Stages fill the `RunRecord`'s typed measurements (`metrics.py`); `evaluate_gates` turns the
+finished record into every gate result; the writers publish it as
 report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity` and
 `latency_chart` draw the optional charts (need matplotlib).
 """
@@ -9,6 +10,16 @@ from __future__ import annotations
 
 from wanda_export.report.charts import latency_chart, plot_layer_sparsity
 from wanda_export.report.gates import evaluate_gates, gate_summary
+from wanda_export.report.metrics import (
+    ArtifactSizes,
+    FileSize,
+    LatencyMetrics,
+    LatencyRow,
+    Metrics,
+    OnnxFileCheck,
+    PerplexityMetrics,
+    SparsityRecord,
+)
 from wanda_export.report.record import (
     SCHEMA_VERSION,
     ArtifactRecord,
@@ -29,8 +40,16 @@ from wanda_export.report.writers import (
 __all__ = [
     "SCHEMA_VERSION",
     "ArtifactRecord",
+    "ArtifactSizes",
+    "FileSize",
     "GateResult",
+    "LatencyMetrics",
+    "LatencyRow",
+    "Metrics",
+    "OnnxFileCheck",
+    "PerplexityMetrics",
     "RunRecord",
+    "SparsityRecord",
     "StageRecord",
     "collect_artifacts",
     "evaluate_gates",

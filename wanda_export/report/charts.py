@@ -11,12 +11,16 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wanda_export.report.record import RunRecord
 from wanda_export.report.writers import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from wanda_export.allocation import Allocation
+    from wanda_export.bench.compare import ComparisonRow
 
 FIGSIZE = (12.0, 4.5)
 DPI = 100
@@ -58,7 +62,8 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     the record has no plan). Returns the written path, or None when matplotlib is not installed
     or the record has no per-layer sparsity; a missing chart never fails a run.
     """
-    layers: dict[str, Any] = (record.sparsity or {}).get("layers") or {}
+    sparsity = record.sparsity
+    layers = {} if sparsity is None else sparsity.report.layers
     if not layers:
         return None
     try:
@@ -70,7 +75,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
         return None
 
     names = list(layers)
-    values = [_as_fraction((layers[name] or {}).get("sparsity")) for name in names]
+    values = [layers[name].sparsity for name in names]
     kinds = [projection_type(name) for name in names]
     order = list(dict.fromkeys(kinds))
 
@@ -87,13 +92,13 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     target = _as_fraction(plan.get("sparsity"))
     label = "target"
     if math.isnan(target):
-        target, label = _as_fraction((record.sparsity or {}).get("overall")), "overall"
+        target, label = sparsity.report.overall, "overall"
     if not math.isnan(target):
         axes.axhline(
             target, color="black", linestyle="--", linewidth=1.0, label=f"{label} {target * 100:g}%"
         )
 
-    allocation = _plot_allocation(axes, record, names)
+    allocation = _plot_allocation(axes, sparsity.allocation, names)
     _set_ticks(axes, names)
     axes.set_xlim(-0.6, len(names) - 0.4)
     axes.set_ylim(0.0, 1.0)
@@ -104,7 +109,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     model = record.model or {}
     source = model.get("source") or model.get("path") or "default model"
     source = Path(source).name if os.sep in str(source) else source  # a hub id stays whole
-    pattern = plan.get("pattern") or (record.sparsity or {}).get("pattern") or "unstructured"
+    pattern = plan.get("pattern") or sparsity.pattern or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
     figure.tight_layout()
@@ -114,18 +119,16 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plot_allocation(axes: Any, record: RunRecord, names: list[str]) -> str:
+def _plot_allocation(axes: Any, allocation: Allocation | None, names: list[str]) -> str:
     """Overlay a layer-wise allocation: each layer's allocated ratio as a tick and, when the
     allocation is AlphaPruning's, the ESD alphas on a second axis. Returns a title suffix."""
-    allocation = (record.sparsity or {}).get("allocation") or {}
-    layers = allocation.get("layers") or {}
-    if not layers or allocation.get("method") in (None, "uniform"):
+    if allocation is None or not allocation.ratios or allocation.method == "uniform":
         return ""
     positions = list(range(len(names)))
-    ratios = [_as_fraction((layers.get(name) or {}).get("ratio")) for name in names]
+    ratios = [_as_fraction(allocation.ratios.get(name)) for name in names]
     axes.plot(positions, ratios, linestyle="none", marker="_", markersize=7, color="black",
-              label=f"{allocation['method']} ratio")
-    alphas = [_as_fraction((layers.get(name) or {}).get("alpha")) for name in names]
+              label=f"{allocation.method} ratio")
+    alphas = [_as_fraction((allocation.alphas or {}).get(name)) for name in names]
     if any(not math.isnan(alpha) for alpha in alphas):
         twin = axes.twinx()
         twin.plot(positions, alphas, color="tab:red", linestyle="none", marker=".",
@@ -133,7 +136,7 @@ def _plot_allocation(axes: Any, record: RunRecord, names: list[str]) -> str:
         twin.set_ylabel("ESD alpha", color="tab:red", fontsize="small")
         twin.legend(loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize="small",
                     frameon=False)
-    return f", {allocation['method']} allocation"
+    return f", {allocation.method} allocation"
 
 
 def _colors(kinds: list[str], palette: Any) -> dict[str, Any]:
@@ -163,16 +166,16 @@ def _set_ticks(axes: Any, names: list[str]) -> None:
 LOG_SCALE_SPREAD = 20.0
 
 
-def latency_chart(rows: Iterable[Any], path: str | os.PathLike[str]) -> Path | None:
+def latency_chart(rows: Sequence[ComparisonRow], path: str | os.PathLike[str]) -> Path | None:
     """Draw dense vs sparse p50 latency as a pair of bars per (runtime, shape), to a PNG.
 
-    `rows` are benchmark comparison rows (`wanda_export.bench.compare.ComparisonRow` or their
-    `to_dict()` form); the speedup (dense p50 / sparse p50) is written above each pair. The
+    `rows` are the benchmark's comparison rows (`record.metrics.latency.comparison`); the
+    speedup (dense p50 / sparse p50) is written above each pair. The
     axis is logarithmic when latencies span more than LOG_SCALE_SPREAD x, so a decode step
     stays visible next to a large prefill. Returns the written path, or None when matplotlib
     is not installed or there are no rows; a missing chart never fails a run.
     """
-    table = [row.to_dict() if hasattr(row, "to_dict") else dict(row) for row in rows]
+    table = list(rows)
     if not table:
         return None
     try:
@@ -182,8 +185,8 @@ def latency_chart(rows: Iterable[Any], path: str | os.PathLike[str]) -> Path | N
     except ImportError:
         return None
 
-    dense = [_as_fraction(row.get("dense_p50_ms")) for row in table]
-    sparse = [_as_fraction(row.get("sparse_p50_ms")) for row in table]
+    dense = [_as_fraction(row.dense_p50_ms) for row in table]
+    sparse = [_as_fraction(row.sparse_p50_ms) for row in table]
     figure = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
@@ -194,7 +197,7 @@ def latency_chart(rows: Iterable[Any], path: str | os.PathLike[str]) -> Path | N
     axes.bar([i + width / 2 for i in positions], sparse, width, color=palette(1), label="sparse")
     for i, row in enumerate(table):
         pair = [v for v in (dense[i], sparse[i]) if not math.isnan(v)]
-        ratio = _as_fraction(row.get("speedup"))
+        ratio = _as_fraction(row.speedup)
         text = "n/a" if math.isnan(ratio) else f"{ratio:.2f}x"
         axes.annotate(text, (i, max(pair, default=0.0)), xytext=(0, 3),
                       textcoords="offset points", ha="center", va="bottom", fontsize="small")
@@ -205,7 +208,7 @@ def latency_chart(rows: Iterable[Any], path: str | os.PathLike[str]) -> Path | N
         axes.set_ylim(min(measured) / 1.5, max(measured) * 2.0)  # room for the speedup labels
     elif measured:
         axes.set_ylim(0.0, max(measured) * 1.15)
-    labels = [f"{row.get('runtime')}\n{row.get('shape')}" for row in table]
+    labels = [f"{row.runtime}\n{row.shape}" for row in table]
     axes.set_xticks(list(positions), labels, fontsize="small")
     axes.set_xlim(-0.6, len(table) - 0.4)
     axes.set_ylabel("p50 latency (ms)")

@@ -1,4 +1,4 @@
-"""Release gates evaluated over a finished run record.
+"""Release gates evaluated over a finished run record: the one place a run's verdict is made.
 
 Evaluation is a pure function of the gate config and the `RunRecord`: it measures nothing
 itself, so the same record always gives the same verdict. Gate names are stable because they
@@ -9,12 +9,14 @@ with a message naming what is missing; a configured gate is never silently skipp
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from wanda_export.report.metrics import OnnxFileCheck, PerplexityMetrics, SparsityRecord
 from wanda_export.report.record import GateResult, RunRecord
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
+    from wanda_export.bench.compare import ComparisonRow
     from wanda_export.config.models import (
         GatesConfig,
         LatencyGate,
@@ -23,10 +25,13 @@ if TYPE_CHECKING:
         SparsityGate,
         TensorRTGate,
     )
+    from wanda_export.sparsity.verify import LayerSparsity
 
 EPSILON = 1e-9
 MAX_NAMED_LAYERS = 10
 
+VERIFY = "verify"
+ONNX_SPARSITY_SUFFIX = ".sparsity"  # "onnx.sparsity", "onnx-fp16.sparsity"
 SPARSITY_MIN = "sparsity.min"
 SPARSITY_PER_LAYER_MIN = "sparsity.per_layer_min"
 SPARSITY_PATTERN = "sparsity.pattern"
@@ -39,13 +44,21 @@ LATENCY_MIN_SPEEDUP = "latency.min_speedup"
 TENSORRT_SPARSE_TACTICS = "tensorrt.min_sparse_tactics"
 
 
-def evaluate_gates(gates: GatesConfig, record: RunRecord) -> list[GateResult]:
-    """Check every configured gate against the record, in a fixed order.
+def evaluate_gates(gates: GatesConfig, record: RunRecord, *,
+                   configured: bool = True) -> list[GateResult]:
+    """Every gate of the run, checked against the record in one fixed order.
 
-    Only gates set in `gates` are evaluated; each gives one `GateResult`. Thresholds are
-    compared with a 1e-9 tolerance so a value exactly at the threshold passes.
+    First the checks every run makes: `verify` when the verify stage re-read the weights, then
+    `<format>.sparsity` for each ONNX file verified. Then, when `configured` (a partial run
+    measures too little for them), the gates set in `gates`, each giving one `GateResult`.
+    Thresholds are compared with a 1e-9 tolerance so a value exactly at the threshold passes.
     """
     results: list[GateResult] = []
+    if record.sparsity is not None and record.sparsity.verified:
+        results.append(_verify_gate(record.sparsity))
+    results.extend(_onnx_gate(label, check) for label, check in record.metrics.onnx.items())
+    if not configured:
+        return results
     if gates.sparsity is not None:
         results.extend(_sparsity_gates(gates.sparsity, record))
     if gates.perplexity is not None:
@@ -65,13 +78,6 @@ def gate_summary(results: list[GateResult]) -> tuple[int, int]:
     return passed, len(results) - passed
 
 
-def _number(value: Any) -> float | None:
-    """`value` as a float when it is a real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _at_least(value: float, threshold: float) -> bool:
     return value >= threshold - EPSILON
 
@@ -87,24 +93,43 @@ def _name_layers(names: list[str]) -> str:
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
-def _canonical_pattern(text: Any) -> str:
+def _canonical_pattern(text: str) -> str:
     """The canonical spelling of a pattern ("2:4", "unstructured"), or the text unchanged."""
     try:
-        return str(parse_pattern(str(text)))
+        return str(parse_pattern(text))
     except ValueError:
-        return str(text)
+        return text
 
 
 def _missing(name: str, threshold: float | str, what: str) -> GateResult:
     return GateResult(name, False, None, threshold, f"missing measurement: {what}")
 
 
+def _verify_gate(sparsity: SparsityRecord) -> GateResult:
+    """The verify stage found every target's weight at its pattern."""
+    invalid = sparsity.report.invalid_layers
+    message = f"pattern {sparsity.pattern} violated in: {', '.join(invalid)}" if invalid else ""
+    return GateResult(VERIFY, not invalid, len(invalid), 0, message)
+
+
+def _onnx_gate(label: str, check: OnnxFileCheck) -> GateResult:
+    """The pruned weights are still there, at their pattern along K, in the exported file."""
+    verification = check.verification
+    failures = verification.failures
+    message = "" if not failures else (
+        f"pruned weights missing or not {check.pattern} along K in: " + ", ".join(
+            f"{name} ({verification.layers[name].initializer or 'no initializer'})"
+            for name in failures))
+    return GateResult(f"{label}{ONNX_SPARSITY_SUFFIX}", verification.valid, len(failures), 0,
+                      message)
+
+
 def _sparsity_gates(gate: SparsityGate, record: RunRecord) -> list[GateResult]:
-    sparsity = record.sparsity or {}
-    layers = sparsity.get("layers") or {}
+    report = None if record.sparsity is None else record.sparsity.report
+    layers = {} if report is None else report.layers
     results = []
     if gate.min is not None:
-        results.append(_overall_min(gate.min, sparsity))
+        results.append(_overall_min(gate.min, None if report is None else report.overall))
     if gate.per_layer_min is not None:
         results.append(_per_layer_min(gate.per_layer_min, layers))
     if gate.pattern is not None:
@@ -112,53 +137,37 @@ def _sparsity_gates(gate: SparsityGate, record: RunRecord) -> list[GateResult]:
     return results
 
 
-def _overall_min(threshold: float, sparsity: dict[str, Any]) -> GateResult:
-    overall = _number(sparsity.get("overall"))
+def _overall_min(threshold: float, overall: float | None) -> GateResult:
     if overall is None:
         return _missing(SPARSITY_MIN, threshold, "no overall sparsity in the record")
-    if math.isnan(overall):
-        return GateResult(SPARSITY_MIN, False, overall, threshold, "overall sparsity is NaN")
     passed = _at_least(overall, threshold)
     relation = ">=" if passed else "<"
     message = f"overall sparsity {overall:.4f} {relation} {threshold:.4f}"
     return GateResult(SPARSITY_MIN, passed, overall, threshold, message)
 
 
-def _per_layer_min(threshold: float, layers: dict[str, Any]) -> GateResult:
+def _per_layer_min(threshold: float, layers: dict[str, LayerSparsity]) -> GateResult:
     if not layers:
         return _missing(SPARSITY_PER_LAYER_MIN, threshold, "no per-layer sparsity in the record")
-    values = {name: _number((layer or {}).get("sparsity")) for name, layer in layers.items()}
-    unmeasured = [name for name, value in values.items() if value is None or math.isnan(value)]
-    below = [
-        name
-        for name, value in values.items()
-        if value is not None and not math.isnan(value) and not _at_least(value, threshold)
-    ]
-    measured = [value for value in values.values() if value is not None and not math.isnan(value)]
-    lowest = min(measured) if measured else None
-    if unmeasured:
-        message = f"{len(unmeasured)} layer(s) without a sparsity value: {_name_layers(unmeasured)}"
-        if below:
-            message += f"; {len(below)} below {threshold:.4f}: {_name_layers(below)}"
-        return GateResult(SPARSITY_PER_LAYER_MIN, False, lowest, threshold, message)
+    below = [name for name, layer in layers.items() if not _at_least(layer.sparsity, threshold)]
+    lowest = min(layer.sparsity for layer in layers.values())
     if below:
         message = (
-            f"{len(below)} of {len(values)} layers below {threshold:.4f}: {_name_layers(below)}"
+            f"{len(below)} of {len(layers)} layers below {threshold:.4f}: {_name_layers(below)}"
         )
         return GateResult(SPARSITY_PER_LAYER_MIN, False, lowest, threshold, message)
-    message = f"all {len(values)} layers >= {threshold:.4f} (lowest {lowest:.4f})"
+    message = f"all {len(layers)} layers >= {threshold:.4f} (lowest {lowest:.4f})"
     return GateResult(SPARSITY_PER_LAYER_MIN, True, lowest, threshold, message)
 
 
-def _pattern(pattern: str, layers: dict[str, Any]) -> GateResult:
+def _pattern(pattern: str, layers: dict[str, LayerSparsity]) -> GateResult:
     expected = _canonical_pattern(pattern)
     if not layers:
         return _missing(SPARSITY_PATTERN, expected, "no per-layer pattern check in the record")
     invalid = [
         name
         for name, layer in layers.items()
-        if _canonical_pattern((layer or {}).get("pattern")) != expected
-        or (layer or {}).get("valid") is not True
+        if _canonical_pattern(layer.pattern) != expected or not layer.valid
     ]
     if invalid:
         message = (
@@ -171,14 +180,13 @@ def _pattern(pattern: str, layers: dict[str, Any]) -> GateResult:
 
 
 def _perplexity_gates(gate: PerplexityGate, record: RunRecord) -> list[GateResult]:
-    perplexity = (record.metrics or {}).get("perplexity") or {}
-    pruned = _number(perplexity.get("pruned"))
+    perplexity = record.metrics.perplexity or PerplexityMetrics()
     results = []
     if gate.max is not None:
-        results.append(_perplexity_max(gate.max, pruned))
+        results.append(_perplexity_max(gate.max, perplexity.pruned))
     if gate.max_ratio_to_dense is not None:
-        dense = _number(perplexity.get("dense"))
-        results.append(_perplexity_ratio(gate.max_ratio_to_dense, pruned, dense))
+        results.append(_perplexity_ratio(gate.max_ratio_to_dense, perplexity.pruned,
+                                         perplexity.dense))
     return results
 
 
@@ -218,10 +226,10 @@ def _perplexity_ratio(threshold: float, pruned: float | None, dense: float | Non
 
 def _parity_gates(gate: ParityGate, record: RunRecord) -> list[GateResult]:
     """ONNX-vs-PyTorch: the largest logit difference and identical greedy generation."""
-    parity = record.metrics.get("parity") or {}
+    parity = record.metrics.parity
     results = []
     if gate.max_abs_diff is not None:
-        value = _number(parity.get("max_abs_diff"))
+        value = None if parity is None else parity.max_abs_diff
         if value is None or math.isnan(value):
             results.append(_missing(PARITY_MAX_ABS, gate.max_abs_diff, "no ONNX parity measured"))
         else:
@@ -231,22 +239,23 @@ def _parity_gates(gate: ParityGate, record: RunRecord) -> list[GateResult]:
                 f"max |logit difference| {value:.3g} {'<=' if passed else '>'} "
                 f"{gate.max_abs_diff:.3g}"))
     if gate.generation is not None:
-        match = parity.get("generation_match")
-        if match is None:
+        if parity is None:
             results.append(_missing(PARITY_GENERATION, "identical", "no ONNX generation measured"))
         else:
-            passed = bool(match) or not gate.generation
+            match = parity.generation_match
+            passed = match or not gate.generation
             results.append(GateResult(
                 PARITY_GENERATION, passed, "identical" if match else "different", "identical",
                 "" if match else f"greedy generation differs on prompts "
-                f"{parity.get('mismatched_prompts')}"))
+                f"{parity.mismatched_prompts}"))
     return results
 
 
-def _latency_rows(gate: LatencyGate, record: RunRecord) -> list[dict[str, Any]]:
-    rows = (((record.metrics or {}).get("latency") or {}).get("comparison") or {}).get("rows")
-    return [row for row in rows or [] if row.get("runtime") == gate.runtime
-            and (gate.shape is None or row.get("shape") == gate.shape)]
+def _latency_rows(gate: LatencyGate, record: RunRecord) -> list[ComparisonRow]:
+    latency = record.metrics.latency
+    rows = [] if latency is None else latency.comparison
+    return [row for row in rows if row.runtime == gate.runtime
+            and (gate.shape is None or row.shape == gate.shape)]
 
 
 def _latency_gates(gate: LatencyGate, record: RunRecord) -> list[GateResult]:
@@ -255,19 +264,22 @@ def _latency_gates(gate: LatencyGate, record: RunRecord) -> list[GateResult]:
     shape named."""
     rows = _latency_rows(gate, record)
     where = f"{gate.runtime}" + (f" {gate.shape}" if gate.shape else "")
-    checks = [(LATENCY_MAX_P50, gate.max_p50_ms, "sparse_p50_ms", _at_most, "p50", " ms"),
-              (LATENCY_MIN_SPEEDUP, gate.min_speedup, "speedup", _at_least, "speedup", "x")]
+    checks = [(LATENCY_MAX_P50, gate.max_p50_ms, lambda row: row.sparse_p50_ms, _at_most, max,
+               "p50", " ms"),
+              (LATENCY_MIN_SPEEDUP, gate.min_speedup, lambda row: row.speedup, _at_least, min,
+               "speedup", "x")]
     results = []
-    for name, threshold, field, ok, label, unit in checks:
+    for name, threshold, measure, ok, worst_of, label, unit in checks:
         if threshold is None:
             continue
         if not rows:
             results.append(_missing(name, threshold, f"no latency measured for {where}"))
             continue
-        values = {row["shape"]: _number(row.get(field)) for row in rows}
-        failing = [shape for shape, value in values.items() if value is None or not ok(value, threshold)]
+        values = {row.shape: measure(row) for row in rows}
+        failing = [shape for shape, value in values.items()
+                   if value is None or not ok(value, threshold)]
         measured = [value for value in values.values() if value is not None]
-        worst = (max if field == "sparse_p50_ms" else min)(measured) if measured else None
+        worst = worst_of(measured) if measured else None
         shown = ", ".join(f"{shape} {label} " + ("unmeasured" if values[shape] is None
                                                  else f"{values[shape]:.3g}{unit}")
                           for shape in (failing or values))
@@ -281,13 +293,14 @@ def _tensorrt_gates(gate: TensorRTGate, record: RunRecord) -> list[GateResult]:
     """TensorRT picked sparse tactics for at least `min_sparse_tactics` layers."""
     if gate.min_sparse_tactics is None:
         return []
-    tensorrt = ((record.metrics or {}).get("latency") or {}).get("tensorrt") or {}
-    picked = _number(tensorrt.get("sparse_tactics"))
+    latency = record.metrics.latency
+    tactics = None if latency is None else latency.tensorrt
     threshold = gate.min_sparse_tactics
-    if picked is None:
+    if tactics is None:
         return [_missing(TENSORRT_SPARSE_TACTICS, threshold, "no TensorRT build log parsed")]
+    picked = float(tactics.sparse_tactics)
     passed = _at_least(picked, threshold)
     message = (f"TensorRT picked sparse tactics for {int(picked)} layer(s) "
                f"({'>=' if passed else '<'} {threshold}); eligible: "
-               f"{tensorrt.get('eligible_layers', 'unknown')}")
+               f"{tactics.eligible_layers}")
     return [GateResult(TENSORRT_SPARSE_TACTICS, passed, picked, threshold, message)]

@@ -1,13 +1,17 @@
-"""The run record: everything a pipeline run produced, in the shape report.json publishes.
+"""The run record: everything a pipeline run produced; `RunRecord.to_dict()` is report.json.
 
 report.json is a versioned contract other tools read. Field names here are stable: add fields,
-never rename them. Bump SCHEMA_VERSION only for an incompatible change.
+never rename them. Bump SCHEMA_VERSION only for an incompatible change. The measurements are
+typed (see `metrics.py`), so stages write them and gates read them by attribute.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from wanda_export.report.metrics import Metrics, SparsityRecord
 
 SCHEMA_VERSION = 1
 
@@ -44,7 +48,7 @@ class ArtifactRecord:
     sha256: str
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     """The whole run. `to_dict()` is exactly the content of report.json."""
 
@@ -53,13 +57,26 @@ class RunRecord:
     model: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     stages: list[StageRecord] = field(default_factory=list)
-    sparsity: dict[str, Any] | None = None  # {"overall", "valid", "pattern", "layers": {...}}
-    metrics: dict[str, Any] = field(default_factory=dict)  # {"perplexity": {"dense", "pruned"}}
+    sparsity: SparsityRecord | None = None  # None until the mask or verify stage ran
+    metrics: Metrics = field(default_factory=Metrics)
     gates: list[GateResult] = field(default_factory=list)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     status: Literal["passed", "failed"] = "passed"
     exit_code: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with `schema_version` first."""
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        """JSON-ready dict with `schema_version` first; the one place report.json is shaped."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": self.tool_version,
+            "config_digest": self.config_digest,
+            "model": copy.deepcopy(self.model),
+            "plan": copy.deepcopy(self.plan),
+            "stages": [asdict(stage) for stage in self.stages],
+            "sparsity": None if self.sparsity is None else self.sparsity.to_dict(),
+            "metrics": self.metrics.to_dict(),
+            "gates": [asdict(gate) for gate in self.gates],
+            "artifacts": [asdict(artifact) for artifact in self.artifacts],
+            "status": self.status,
+            "exit_code": self.exit_code,
+        }

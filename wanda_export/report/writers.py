@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanda_export.report.gates import gate_summary
+from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
 from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -290,13 +291,12 @@ def _gates_section(gates: list[GateResult]) -> list[str]:
     return [f"## Gates ({passed} passed, {failed} failed)", "", *table, ""]
 
 
-def _metrics_section(metrics: dict[str, Any]) -> list[str]:
-    perplexity = (metrics or {}).get("perplexity")
-    if not isinstance(perplexity, dict):
+def _metrics_section(perplexity: PerplexityMetrics | None) -> list[str]:
+    if perplexity is None:
         return []
-    dense, pruned = perplexity.get("dense"), perplexity.get("pruned")
+    dense, pruned = perplexity.dense, perplexity.pruned
     ratio = None
-    if isinstance(dense, (int, float)) and isinstance(pruned, (int, float)) and dense:
+    if dense is not None and pruned is not None and dense:
         ratio = pruned / dense
     table = _table(
         ["Perplexity", "Dense", "Pruned", "Ratio"],
@@ -305,52 +305,42 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     return ["## Metrics", "", *table, ""]
 
 
-def _latency_section(metrics: dict[str, Any]) -> list[str]:
+def _latency_section(latency: LatencyMetrics | None) -> list[str]:
     """Dense vs sparse p50/p95 per runtime and shape, the speedup, and the runtimes that could
     not run here with their reasons."""
-    latency = metrics.get("latency") or {}
-    if not latency:
+    if latency is None:
         return []
     rows = [
-        [row["runtime"], f"`{row['shape']}`", _number(row.get("dense_p50_ms")),
-         _number(row.get("sparse_p50_ms")), _number(row.get("dense_p95_ms")),
-         _number(row.get("sparse_p95_ms")),
-         "—" if row.get("speedup") is None else f"{row['speedup']:.2f}×"]
-        for row in (latency.get("comparison") or {}).get("rows") or []
+        [row.runtime, f"`{row.shape}`", _number(row.dense_p50_ms), _number(row.sparse_p50_ms),
+         _number(row.dense_p95_ms), _number(row.sparse_p95_ms),
+         "—" if row.speedup is None else f"{row.speedup:.2f}×"]
+        for row in latency.comparison
     ]
-    setup = (f"{latency.get('iterations')} timed iterations after {latency.get('warmup')} "
-             f"warm-up, {latency.get('threads')} threads; speedup = dense p50 / sparse p50.")
+    setup = (f"{latency.iterations} timed iterations after {latency.warmup} "
+             f"warm-up, {latency.threads} threads; speedup = dense p50 / sparse p50.")
     lines = ["## Latency", "", setup, ""]
     if rows:
         lines += [*_table(["Runtime", "Shape", "Dense p50 ms", "Sparse p50 ms", "Dense p95 ms",
                            "Sparse p95 ms", "Speedup"], rows), ""]
-    tensorrt = latency.get("tensorrt")
-    if tensorrt:
-        picked = (f"TensorRT picked sparse tactics for **{tensorrt.get('sparse_tactics')}** of "
-                  f"{tensorrt.get('eligible_layers')} eligible layers.")
+    tensorrt = latency.tensorrt
+    if tensorrt is not None:
+        picked = (f"TensorRT picked sparse tactics for **{tensorrt.sparse_tactics}** of "
+                  f"{tensorrt.eligible_layers} eligible layers.")
         lines += [picked, ""]
-    unavailable = [f"- `{name}`: unavailable ({runtime.get('reason')})"
-                   for name, runtime in (latency.get("runtimes") or {}).items()
-                   if not runtime.get("available")]
+    unavailable = [f"- `{name}`: unavailable ({runtime.reason})"
+                   for name, runtime in latency.runtimes.items() if not runtime.available]
     return [*lines, *unavailable, ""] if unavailable else lines
 
 
-def _layers_section(sparsity: dict[str, Any] | None) -> list[str]:
-    if not sparsity:
+def _layers_section(sparsity: SparsityRecord | None) -> list[str]:
+    if sparsity is None:
         return []
-    layers: dict[str, Any] = sparsity.get("layers") or {}
-    overall = sparsity.get("overall")
+    layers = sparsity.report.layers
     heading = "## Sparsity"
-    intro = f"Overall: **{_percent(overall)}** over {len(layers)} layers"
-    if sparsity.get("valid") is not None:
-        intro += " · pattern " + ("valid ✅" if sparsity["valid"] else "violated ❌")
+    intro = f"Overall: **{_percent(sparsity.report.overall)}** over {len(layers)} layers"
+    intro += " · pattern " + ("valid ✅" if sparsity.report.valid else "violated ❌")
     rows = [
-        [
-            f"`{name}`",
-            _percent(layer.get("sparsity")),
-            layer.get("pattern", "—"),
-            "✅" if layer.get("valid") else "❌",
-        ]
+        [f"`{name}`", _percent(layer.sparsity), layer.pattern, "✅" if layer.valid else "❌"]
         for name, layer in layers.items()
     ]
     table = _table(["Layer", "Sparsity", "Pattern", "Valid"], rows) if rows else []
@@ -401,8 +391,8 @@ def render_summary_md(record: RunRecord, charts: dict[str, str] | None = None) -
         *_title(record),
         *_overview(record),
         *_gates_section(record.gates),
-        *_metrics_section(record.metrics),
-        *_latency_section(record.metrics),
+        *_metrics_section(record.metrics.perplexity),
+        *_latency_section(record.metrics.latency),
         *_layers_section(record.sparsity),
         *_stages_section(record.stages),
         *_artifacts_section(record.artifacts),

@@ -39,6 +39,11 @@ class SparsityReport:
     def valid(self) -> bool:
         return all(layer.valid for layer in self.layers.values())
 
+    @property
+    def invalid_layers(self) -> list[str]:
+        """The layers that miss the pattern or the minimum ratio, in model order."""
+        return [name for name, layer in self.layers.items() if not layer.valid]
+
     def to_dict(self) -> dict:
         """JSON-ready form: {overall, valid, layers: {name: {sparsity, pattern, valid, ...}}}."""
         return {
