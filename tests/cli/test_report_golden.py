@@ -122,6 +122,8 @@ def test_report_json_keys_and_summary_headings_match_the_golden(workdir: Path):
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency"] == report["metrics"]["latency"]["results"]  # the same rows
     actual = expectation(out)
     if os.environ.get(UPDATE):
         GOLDEN.parent.mkdir(exist_ok=True)

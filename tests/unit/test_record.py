@@ -131,8 +131,8 @@ def test_to_dict_puts_each_measurement_in_its_report_json_place():
     record.sparsity = verified_record(GOOD).sparsity
     data = record.to_dict()
     assert list(data) == ["schema_version", "tool_version", "config_digest", "model", "plan",
-                          "stages", "sparsity", "metrics", "gates", "artifacts", "status",
-                          "exit_code"]
+                          "stages", "sparsity", "metrics", "latency", "gates", "artifacts",
+                          "status", "exit_code"]
     assert list(data["sparsity"]) == ["pattern", "target", "overall", "valid", "layers"]
     assert list(data["metrics"]) == ["perplexity", "sizes", "latency"]
     assert data["metrics"]["perplexity"] == {"pruned": 12.0, "windows": 4}
@@ -148,3 +148,7 @@ def test_to_dict_puts_each_measurement_in_its_report_json_place():
     assert measured["comparison"]["speedup"] == {"onnxruntime-cpu decode:1x1@8": 2.0,
                                                  "torch decode:1x1@8": None}
     assert measured["runtimes"]["torch"]["provider"] is None
+    assert data["latency"] == measured["results"]  # the same rows, at the top level too
+    assert data["latency"] is not measured["results"]
+    record.metrics.latency = None
+    assert "latency" not in record.to_dict()  # only when benchmarked

@@ -65,8 +65,12 @@ class RunRecord:
     exit_code: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with `schema_version` first; the one place report.json is shaped."""
-        return {
+        """JSON-ready dict with `schema_version` first; the one place report.json is shaped.
+
+        When the run was benchmarked, the top-level `latency` array holds one row per runtime x
+        variant x shape, the same rows as `metrics.latency.results`.
+        """
+        data = {
             "schema_version": SCHEMA_VERSION,
             "tool_version": self.tool_version,
             "config_digest": self.config_digest,
@@ -75,6 +79,10 @@ class RunRecord:
             "stages": [asdict(stage) for stage in self.stages],
             "sparsity": None if self.sparsity is None else self.sparsity.to_dict(),
             "metrics": self.metrics.to_dict(),
+        }
+        if self.metrics.latency is not None:
+            data["latency"] = [row.to_dict() for row in self.metrics.latency.results]
+        return data | {
             "gates": [asdict(gate) for gate in self.gates],
             "artifacts": [asdict(artifact) for artifact in self.artifacts],
             "status": self.status,
