@@ -5,22 +5,47 @@ from __future__ import annotations
 import re
 import shutil
 import textwrap
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from wanda_export.config import (
+    BenchmarkStage,
     CalibrationData,
+    EvaluationData,
+    ExportStage,
     MaskStage,
     ModelConfig,
+    PerplexityGate,
     PipelineConfig,
+    ScoreStage,
     StageEntry,
     check_against_model,
     load_config,
+    loader,
     meta_model,
     parse_config,
+)
+from wanda_export.config.models import (
+    MAX_BATCH_SIZE,
+    MAX_BATCH_TOKENS,
+    MAX_BENCHMARK_BATCH,
+    MAX_BENCHMARK_ITERATIONS,
+    MAX_BENCHMARK_SHAPES,
+    MAX_BENCHMARK_WARMUP,
+    MAX_BLOCK_SIZE,
+    MAX_CALIBRATION_TOKENS,
+    MAX_EVALUATION_WINDOWS,
+    MAX_LAYER_GLOBS,
+    MAX_NSAMPLES,
+    MAX_PARITY_TOKENS,
+    MAX_SEQLEN,
+    MAX_THREADS,
+    describe_value,
 )
 from wanda_export.data.sources import load_documents
 from wanda_export.errors import EXIT_CONFIG, ConfigError
@@ -379,6 +404,178 @@ def test_a_directory_or_binary_file_is_a_config_error(tmp_path: Path) -> None:
 def test_python_models_give_the_same_rules_without_a_file() -> None:
     with pytest.raises(ValueError, match="the mask stage needs a score stage"):
         PipelineConfig.model_validate({"version": 1, "stages": [{"mask": {}}]})
+
+
+# --- hostile files and the limits on size settings ------------------------------------------
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """`levels` anchors, each a list of `width` aliases of the one before: width**levels values."""
+    lines = ["version: 1", "a0: &a0 [lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, "stages: [verify: {}]", ""])
+
+
+def test_an_alias_bomb_is_refused_before_its_aliases_are_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def followed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the aliases were followed")
+
+    monkeypatch.setattr(loader, "_index_nodes", followed)
+    monkeypatch.setattr(yaml.SafeLoader, "construct_document", followed)
+    started = time.perf_counter()
+    error = config_error(alias_bomb(), tmp_path)
+    assert time.perf_counter() - started < 1.0
+    assert error.exit_code == EXIT_CONFIG
+    assert f"more than {loader.MAX_YAML_NODES:,} values once its aliases" in str(error)
+
+
+def test_expansion_counts_each_alias_as_the_values_it_repeats() -> None:
+    node = yaml.compose("a: &x [1, 2]\nb: *x\nc: [*x, *x]\n", Loader=yaml.SafeLoader)
+    # root + 3 keys + 4 copies of [1, 2] (3 values each) + the list holding two of them
+    assert loader.expansion(node) == (1 + 3 + 4 * 3 + 1, 4)
+    assert loader.expansion(yaml.compose("7", Loader=yaml.SafeLoader)) == (1, 1)
+
+
+def test_expansion_takes_linear_time_and_stops_at_the_limits() -> None:
+    node = yaml.compose(alias_bomb(levels=200, width=2), Loader=yaml.SafeLoader)  # 2**200
+    started = time.perf_counter()
+    size, depth = loader.expansion(node)
+    assert time.perf_counter() - started < 0.5
+    assert (size, depth) == (loader.MAX_YAML_NODES + 1, loader.MAX_YAML_DEPTH + 1)
+
+
+def test_indexing_is_bounded_even_without_the_expansion_check() -> None:
+    node = yaml.compose(alias_bomb(), Loader=yaml.SafeLoader)
+    locations = loader.Locations()
+    started = time.perf_counter()
+    loader._index_nodes(node, (), None, locations, [])
+    assert time.perf_counter() - started < 1.0
+    assert len(locations.values) == loader.MAX_YAML_NODES
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version: 1\nx: &a [1, *a]\nstages: [verify: {}]\n", ":2:4: an alias refers to its own"),
+        ("version: 1\nx: " + "[" * 100 + "]" * 100 + "\n", f"deeper than {loader.MAX_YAML_DEPTH}"),
+        ("a: &a 1\nb: [" + ", ".join(["*a"] * 1001) + "]\n", "more than 1,000 aliases"),
+        ("version: 1\nx: [" + ", ".join(["1"] * 20_001) + "]\n", "more than 20,000 values"),
+        ("version: 1\nseed: 1" + "0" * 100 + "\n", ":2:7: invalid YAML: an integer of 101"),
+        ("version: 1\nwhen: 2024-02-30\n", ":2:7: invalid YAML: cannot read the string"),
+        ("version: 1\nx: !!python/name:os.system ''\n", "the tag !!python/name:os.system is"),
+        ("version: 1\nx: !!float abc\n", ":2:4: invalid YAML: cannot read the string 'abc'"),
+        ("version: 1\n\x00\n", ":2:1: invalid YAML: a NUL byte"),
+        ("version: 1\nx: \x07\n", ":2:4: invalid YAML: the control character #x0007"),
+    ],
+    ids=["recursive", "deep", "aliases", "values", "integer", "date", "tag", "float", "nul",
+         "bell"],
+)
+def test_hostile_yaml_is_one_config_error_at_its_position(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+    assert len(caught.value.problems) == 1
+
+
+def test_a_file_over_the_size_limit_is_refused_by_its_size_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as handle:  # sparse: 10 GiB that would take minutes to read
+        handle.truncate(10 * 2**30)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"is 10,737,418,240 bytes, over the limit of "
+                                          r"1,048,576 bytes \(1 MiB\)"):
+        load_config(path)
+    assert time.perf_counter() - started < 1.0
+    path.write_text("version: 1\nstages: [verify: {}]\n" + "#" * loader.MAX_PIPELINE_BYTES)
+    with pytest.raises(ConfigError, match="over the limit"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="over the limit"):
+        parse_config(path.read_text(), base_dir=tmp_path)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_file_without_a_size_is_read_only_up_to_the_limit() -> None:
+    with pytest.raises(ConfigError, match="holds more than the limit of 1,048,576 bytes"):
+        load_config("/dev/zero")
+
+
+LIMITS = [  # (model, settings at the limit, the key to push one past it)
+    (CalibrationData, {"nsamples": MAX_NSAMPLES, "seqlen": 2, "batch_size": 1}, "nsamples"),
+    (CalibrationData, {"seqlen": MAX_SEQLEN, "nsamples": 1, "batch_size": 1}, "seqlen"),
+    (CalibrationData, {"batch_size": MAX_BATCH_SIZE, "seqlen": 2}, "batch_size"),
+    (EvaluationData, {"max_windows": MAX_EVALUATION_WINDOWS}, "max_windows"),
+    (EvaluationData, {"batch_size": MAX_BATCH_SIZE, "seqlen": 2}, "batch_size"),
+    (ScoreStage, {"method": "sparsegpt", "block_size": MAX_BLOCK_SIZE}, "block_size"),
+    (ExportStage, {"parity_tokens": MAX_PARITY_TOKENS}, "parity_tokens"),
+    (BenchmarkStage, {"warmup": MAX_BENCHMARK_WARMUP}, "warmup"),
+    (BenchmarkStage, {"iterations": MAX_BENCHMARK_ITERATIONS}, "iterations"),
+    (BenchmarkStage, {"threads": MAX_THREADS}, "threads"),
+]
+
+
+@pytest.mark.parametrize(("model", "settings", "key"), LIMITS,
+                         ids=[f"{m.__name__}.{k}" for m, _, k in LIMITS])
+def test_each_size_setting_takes_its_limit_and_refuses_one_more(
+    model: type, settings: dict, key: str
+) -> None:
+    model(**settings)
+    with pytest.raises(ValueError, match=f"{key}\n  Input should be less than or equal to "
+                                         f"{settings[key]}"):
+        model(**{**settings, key: settings[key] + 1})
+
+
+def test_products_of_size_settings_are_bounded() -> None:
+    seqlen = 2048
+    fits = MAX_CALIBRATION_TOKENS // seqlen
+    CalibrationData(nsamples=fits, seqlen=seqlen, batch_size=1)
+    with pytest.raises(ValueError, match="nsamples x seqlen = .* calibration tokens"):
+        CalibrationData(nsamples=fits + 1, seqlen=seqlen, batch_size=1)
+    EvaluationData(batch_size=MAX_BATCH_TOKENS // seqlen, seqlen=seqlen)
+    with pytest.raises(ValueError, match="batch_size x seqlen = .* tokens per forward pass"):
+        EvaluationData(batch_size=MAX_BATCH_TOKENS // seqlen + 1, seqlen=seqlen)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (f"prefill:{MAX_BENCHMARK_BATCH + 1}x1", "batch is 1,025"),
+        (f"prefill:1x{MAX_SEQLEN + 1}", "seqlen + past is 131,073"),
+        (f"decode:1x1@{MAX_SEQLEN}", "seqlen + past is 131,073"),
+        ("prefill:17x65536", "batch x (seqlen + past) is 1,114,112, over the limit of 1,048,576"),
+        ("prefill:" + "9" * 5000 + "x1", "cannot parse a shape of 5,010 characters"),
+    ],
+    ids=["batch", "seqlen", "past", "tokens", "digits"],
+)
+def test_benchmark_shapes_are_bounded(shape: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BenchmarkStage(shapes=[shape])
+    assert BenchmarkStage(shapes=[f"decode:{MAX_BENCHMARK_BATCH}x1@1023"]).shapes
+
+
+def test_lists_of_globs_and_shapes_are_bounded() -> None:
+    with pytest.raises(ValueError, match="include\n  List should have at most 1024 items"):
+        MaskStage(include=["*"] * (MAX_LAYER_GLOBS + 1))
+    with pytest.raises(ValueError, match="shapes\n  List should have at most 64 items"):
+        BenchmarkStage(shapes=["prefill:1x8"] * (MAX_BENCHMARK_SHAPES + 1))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_no_setting_takes_nan_or_infinity(value: float) -> None:
+    for model, key in [(MaskStage, "owl_m"), (PerplexityGate, "max"),
+                       (PerplexityGate, "max_ratio_to_dense"), (ScoreStage, "dampening")]:
+        with pytest.raises(ValueError, match="finite number"):
+            model(**{key: value})
+
+
+def test_a_huge_integer_is_described_by_its_length() -> None:
+    assert describe_value(10**5000) == "an integer of about 5,001 digits"
+    assert describe_value(2**64) == "18446744073709551616"
 
 
 # --- the broken corpus ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 import types
@@ -17,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from wanda_export.data.builtin import builtin_modules, builtin_text, split_of
 from wanda_export.data.sources import (
     C4_CALIBRATION,
+    MAX_LINE_CHARS,
     WIKITEXT2_EVALUATION,
     TextSource,
     load_documents,
@@ -142,6 +144,47 @@ def test_text_without_any_text(tmp_path: Path) -> None:
         load_documents(TextSource(kind="text", path=str(tmp_path / "blank.txt")), "calibration")
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"GGUF\x03\x00\x00\x00junk", r"bin\.txt is not a text file: a NUL byte at byte 5"),
+        ("prose".encode("utf-16"), (r"bin\.txt is not a text file: a NUL byte at byte 3 "
+                                    r"\(binary data, or UTF-16 text\?\)")),
+        (b"\x89PNG\r\n\x1a\n\xff", r"bin\.txt is not UTF-8 text: invalid start byte at byte 0"),
+    ],
+    ids=["nul", "utf16", "png"],
+)
+def test_a_binary_file_is_refused_naming_it(tmp_path: Path, data: bytes, message: str) -> None:
+    (tmp_path / "bin.txt").write_bytes(data)
+    for kind in ("text", "jsonl"):
+        with pytest.raises(ConfigError, match=message):
+            load_documents(TextSource(kind=kind, path=str(tmp_path / "bin.txt")), "calibration")
+
+
+def test_a_line_over_the_limit_is_refused_with_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "line.txt"
+    path.write_text("fine\n" + "a" * MAX_LINE_CHARS + "\nfine\n", encoding="utf-8")
+    assert load_documents(TextSource(kind="text", path=str(path)), "calibration")
+    path.write_text("fine\nfine\n" + "a" * (MAX_LINE_CHARS + 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"line\.txt:3: a line of {MAX_LINE_CHARS + 1:,} "
+                                          "characters, over the limit"):
+        load_documents(TextSource(kind="text", path=str(path)), "calibration")
+
+
+def test_a_directory_without_text_files_says_which_suffixes_count(tmp_path: Path) -> None:
+    (tmp_path / "table.csv").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"the directory .* holds no \.markdown, \.md, \.rst, "
+                                          r"\.txt file"):
+        load_documents(TextSource(kind="text", path=str(tmp_path)), "calibration")
+
+
+def test_jsonl_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"deep\.jsonl:1: JSON nested too deeply"):
+        load_documents(TextSource(kind="jsonl", path=str(path)), "calibration")
+
+
 def test_jsonl_reads_field(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     lines = [json.dumps({"body": "one", "id": 1}), "", json.dumps({"body": "two"})]
@@ -159,7 +202,10 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("line", "message"),
-    [('{"other": "x"}', "no field 'text'"), ('{"text": 3}', "is a int"), ('["text"]', "no field")],
+    [('{"other": "x"}', "no field 'text' in this JSON line \\(its fields: 'other'\\)"),
+     ('{"text": 3}', "field 'text' is a number, not a string"),
+     ('["text"]', "a JSON array, not an object with a 'text' field"),
+     ("null", "a JSON null, not an object")],
 )
 def test_jsonl_missing_or_wrong_field(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "data.jsonl"
@@ -301,8 +347,42 @@ def test_documents_falls_back_when_all_documents_are_short(tokenizer) -> None:
 
 
 def test_calibration_corpus_too_small(tokenizer) -> None:
-    with pytest.raises(ConfigError, match=r"fewer than seqlen \+ 1 = 1001"):
+    with pytest.raises(ConfigError, match=r"seqlen: .* fewer than seqlen \+ 1 = 1,001"):
         calibration_windows(tokenizer, ["tiny text"], 1, 1000, seed=0)
+
+
+def test_calibration_text_must_hold_nsamples_times_seqlen_tokens(tokenizer) -> None:
+    docs = corpus_documents()
+    available = len(tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"])
+    seqlen = 8
+    fits = available // seqlen
+    assert calibration_windows(tokenizer, docs, fits, seqlen, seed=0).shape == (fits, seqlen)
+    with pytest.raises(ConfigError, match=rf"data -> calibration -> nsamples: {fits + 1} windows "
+                                          rf"of 8 tokens need {(fits + 1) * 8:,} tokens of "
+                                          rf"calibration text, but it has {available:,}"):
+        calibration_windows(tokenizer, docs, fits + 1, seqlen, seed=0)
+
+
+def test_the_check_on_available_tokens_allocates_nothing_first(tokenizer, monkeypatch) -> None:
+    def drawn(*args: object) -> int:
+        raise AssertionError("a start was drawn before the check")
+
+    monkeypatch.setattr(random.Random, "randint", drawn)
+    with pytest.raises(ConfigError, match="nsamples: 1,000,000,000 windows"):
+        calibration_windows(tokenizer, corpus_documents(), 10**9, 8, seed=0)
+
+
+@pytest.mark.parametrize("strategy", ["concatenate", "documents"])
+def test_windows_of_valid_settings_are_drawn_as_before(tokenizer, strategy: str) -> None:
+    """The Wanda/SparseGPT recipe, written out: a check that passes draws the same windows
+    (and so keeps every cache key), documents too short falling back to the same draw."""
+    docs = ["short one.", "short two."] * 30
+    ids = tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"]
+    rng = random.Random(7)
+    starts = [rng.randint(0, len(ids) - 12 - 1) for _ in range(5)]
+    expected = torch.tensor([ids[start : start + 12] for start in starts])
+    windows = calibration_windows(tokenizer, docs, 5, 12, seed=7, strategy=strategy)
+    assert torch.equal(windows, expected)
 
 
 @pytest.mark.parametrize(("nsamples", "seqlen"), [(0, 8), (1, 1), (1, 0), (-1, 8)])
@@ -337,7 +417,8 @@ def test_split_windows_non_overlapping_and_capped() -> None:
 
 
 def test_split_windows_needs_one_window() -> None:
-    with pytest.raises(ConfigError, match="fewer than one window"):
+    with pytest.raises(ConfigError, match="data -> evaluation -> seqlen: the evaluation corpus "
+                                          "has 4 tokens, fewer than one window of 5"):
         split_windows(torch.arange(4).unsqueeze(0), 5, None)
     with pytest.raises(ConfigError):
         split_windows(torch.arange(40).unsqueeze(0), 5, 0)

@@ -11,10 +11,17 @@ paths that match no file are all collected first, then raised as one `ConfigErro
 with the same problems attached as `error.problems` (dicts with path, line, column, message).
 As in pydantic, the rules spanning several keys of a mapping are checked once that mapping's
 own keys are valid, so a file with type errors reports those first.
+
+A hostile file fails fast, before anything follows its aliases: a file over
+`MAX_PIPELINE_BYTES` is refused by its size, and a document nesting deeper than
+`MAX_YAML_DEPTH`, holding more than `MAX_YAML_ALIASES` aliases, or expanding (aliases followed)
+to more than `MAX_YAML_NODES` values ("billion laughs") is refused once composed, in time
+linear in the file.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,14 @@ from wanda_export.config.models import (
 )
 from wanda_export.errors import ConfigError
 
-_MAX_DEPTH = 64
+# Limits on a pipeline file: real ones are a few kilobytes with fewer than 1,000 values, a
+# handful of aliases and about 5 levels of nesting.
+MAX_PIPELINE_BYTES = 1 << 20
+MAX_YAML_NODES = 20_000  # values (scalars, lists, mappings) once every alias is expanded
+MAX_YAML_ALIASES = 1_000  # uses of an anchor (`*name`)
+MAX_YAML_DEPTH = 64  # nesting levels, aliases followed
+MAX_INTEGER_DIGITS = 100  # no setting takes a longer integer
+_YAML_TAGS = "tag:yaml.org,2002:"
 _PLAIN_MESSAGES = {
     "model_type": "expected a mapping",
     "model_attributes_type": "expected a mapping",
@@ -127,7 +141,14 @@ def load_config(path: str | Path) -> PipelineConfig:
     folder. Raises ConfigError (exit code 2) listing every problem found."""
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_PIPELINE_BYTES:
+                raise config_error(str(file), [Problem((), _too_large(size))])
+            raw = handle.read(MAX_PIPELINE_BYTES + 1)  # a device or a pipe has no size
+        if len(raw) > MAX_PIPELINE_BYTES:
+            raise config_error(str(file), [Problem((), _too_large(None))])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise config_error(str(file), [Problem((), "no such pipeline file")]) from None
     except IsADirectoryError:
@@ -143,9 +164,20 @@ def load_config(path: str | Path) -> PipelineConfig:
     return parse_config(text, source=str(file), base_dir=file.resolve().parent)
 
 
+def _too_large(size: int | None) -> str:
+    """Why a pipeline file of `size` bytes (None: of unknown size, read past the limit) is
+    refused."""
+    limit = f"the limit of {MAX_PIPELINE_BYTES:,} bytes ({MAX_PIPELINE_BYTES / 2**20:g} MiB)"
+    what = f"is {size:,} bytes, over {limit}" if size is not None else f"holds more than {limit}"
+    return f"the pipeline file {what}; a pipeline file holds a few kilobytes of settings"
+
+
 def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> PipelineConfig:
     """Validate pipeline YAML `text`; `source` names it in messages, `base_dir` anchors its
     relative paths. Every problem is collected before one ConfigError is raised."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_PIPELINE_BYTES:
+        raise config_error(source, [Problem((), _too_large(size))])
     node, data, problems, locations = _read_yaml(text, source)
     if node is None:
         raise config_error(source, [Problem((), "the pipeline file is empty")])
@@ -169,23 +201,160 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> Pipe
     return config
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader (plain values only), refusing while it composes a document that nests
+    deeper than MAX_YAML_DEPTH, holds more than MAX_YAML_NODES values or MAX_YAML_ALIASES
+    aliases, and, while it constructs, a tag, an over-long integer or an unreadable value."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.depth = self.nodes = self.aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise _LimitError(_alias_message(), event.start_mark)
+            return super().compose_node(parent, index)
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise _LimitError(_size_message(), event.start_mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _LimitError(_depth_message(), event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date 2024-13-45
+            shown = describe_value(node.value) if isinstance(node, yaml.ScalarNode) else "value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown}: {exc}", node.start_mark) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > MAX_INTEGER_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value):,} characters, longer than any "
+                f"setting takes (at most {MAX_INTEGER_DIGITS})", node.start_mark)
+        return super().construct_yaml_int(node)
+
+    def construct_undefined(self, node: yaml.Node) -> Any:
+        tag = node.tag.replace(_YAML_TAGS, "!!", 1)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the tag {tag} is not allowed: a pipeline file holds plain values "
+            "(mappings, lists, strings, numbers, true/false, null), never Python objects",
+            node.start_mark)
+
+
+_BoundedLoader.add_constructor(f"{_YAML_TAGS}int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor(None, _BoundedLoader.construct_undefined)
+
+
+class _LimitError(Exception):
+    """A document over one of the YAML limits, at the mark where the limit was passed."""
+
+    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+def _alias_message() -> str:
+    return (f"more than {MAX_YAML_ALIASES:,} aliases (*name); a pipeline file needs a "
+            "handful at most")
+
+
+def _size_message() -> str:
+    return (f"the document holds more than {MAX_YAML_NODES:,} values once its aliases (*name) "
+            "are expanded; a pipeline file has fewer than 1,000")
+
+
+def _depth_message() -> str:
+    return f"the document nests deeper than {MAX_YAML_DEPTH} levels (aliases followed)"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def expansion(root: yaml.Node) -> tuple[int, int]:
+    """(values, depth) of a composed document once every alias is expanded, each capped just
+    past its limit. Each node object is visited once (memoised), so the time is linear in the
+    file however many times its aliases multiply; an alias inside its own anchor raises
+    `_LimitError`."""
+    cap_size, cap_depth = MAX_YAML_NODES + 1, MAX_YAML_DEPTH + 1
+    done: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()  # started, not finished: the current path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            kids = [done[id(child)] for child in _children(node)]
+            done[key] = (min(cap_size, 1 + sum(size for size, _ in kids)),
+                         min(cap_depth, 1 + max((depth for _, depth in kids), default=0)))
+            open_nodes.discard(key)
+            continue
+        if key in done:
+            continue
+        if key in open_nodes:
+            raise _LimitError("an alias refers to its own anchor (a recursive alias), which "
+                              "would expand forever", node.start_mark)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in done)
+    return done[id(root)]
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, Any, list[Problem], Locations]:
-    """Compose and construct the YAML safely; return the root node, the data, the duplicate
-    key problems and the node positions. A syntax error raises at once."""
-    loader = yaml.SafeLoader(text)
+    """Compose the YAML safely, refuse it over the limits, then index and construct it; return
+    the root node, the data, the duplicate key problems and the node positions. A syntax error
+    or a passed limit raises at once."""
+    loader = None
     try:
+        loader = _BoundedLoader(text)
         node = loader.get_single_node()
         locations, problems = Locations(), []
         if node is not None:
+            size, depth = expansion(node)
+            if size > MAX_YAML_NODES:
+                raise _LimitError(_size_message(), None)
+            if depth > MAX_YAML_DEPTH:
+                raise _LimitError(_depth_message(), None)
             _index_nodes(node, (), None, locations, problems)
         data = loader.construct_document(node) if node is not None else None
+    except _LimitError as exc:
+        raise config_error(source, [Problem((), exc.message, position=_mark(exc.mark))]) from None
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(source, exc) from None
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(source, text, exc) from None
     except yaml.YAMLError as exc:
         raise config_error(source, [Problem((), f"invalid YAML: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return node, data, problems, locations
+
+
+def _mark(mark: yaml.Mark | None) -> tuple[int, int] | None:
+    return (mark.line + 1, mark.column + 1) if mark is not None else None
+
+
+def _reader_error(source: str, text: str, exc: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML does not accept (a NUL byte, a control character), at its position."""
+    before = text[: exc.position]
+    line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+    what = "a NUL byte (binary data?)" if exc.character == 0 else (
+        f"the control character #x{exc.character:04x}")
+    message = f"invalid YAML: {what} is not allowed in a YAML file"
+    return config_error(source, [Problem((), message, position=(line, column))])
 
 
 def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ConfigError:
@@ -201,7 +370,7 @@ def _syntax_error(source: str, exc: yaml.MarkedYAMLError) -> ConfigError:
 
 
 def _position(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+    return _mark(node.start_mark)
 
 
 def _index_nodes(
@@ -211,9 +380,13 @@ def _index_nodes(
     locations: Locations,
     problems: list[Problem],
 ) -> None:
-    """Record each node's position by path, and report keys repeated within one mapping."""
-    if path in locations.values or len(path) > _MAX_DEPTH:
-        return  # a repeated key, or a recursive alias
+    """Record each node's position by path, and report keys repeated within one mapping.
+
+    At most MAX_YAML_NODES paths and MAX_YAML_DEPTH levels are recorded, so the work stays
+    bounded even on a document whose aliases were not checked first."""
+    if (path in locations.values or len(path) > MAX_YAML_DEPTH
+            or len(locations.values) >= MAX_YAML_NODES):
+        return  # a repeated key, a recursive alias, or past the limits
     locations.values[path] = _position(node)
     if key is not None:
         locations.keys[path] = _position(key)
@@ -273,14 +446,9 @@ def _path_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
             continue
         path = fields.get("path")
         if isinstance(path, str) and path.strip():
-            resolved = resolve_data_path(path, base_dir)
-            if not data_path_matches(resolved):
-                problems.append(
-                    Problem(
-                        ("data", section, "path"),
-                        f"no file matches {path!r} (looked for {resolved})",
-                    )
-                )
+            message = data_path_problem(path, base_dir)
+            if message:
+                problems.append(Problem(("data", section, "path"), message))
     model = data.get("model")
     path = model.get("path") if isinstance(model, dict) else None
     if isinstance(path, str) and path.strip():
@@ -290,15 +458,19 @@ def _path_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
     return problems
 
 
-def data_path_matches(resolved: str) -> bool:
-    """Whether a resolved file, directory or glob names any file the text readers would read."""
-    from wanda_export.data.sources import _matching_files
+def data_path_problem(path: str, base_dir: Path) -> str | None:
+    """Why a data file, directory or glob names no file the text readers would read (a
+    directory: none with a text suffix); None if it names some."""
+    from wanda_export.data.sources import matching_files
 
+    resolved = resolve_data_path(path, base_dir)
     try:
-        _matching_files(resolved)
-    except ConfigError:
-        return False
-    return True
+        matching_files(resolved)
+    except ConfigError as error:
+        if Path(resolved).is_dir():
+            return error.message
+        return f"no file matches {path!r} (looked for {resolved})"
+    return None
 
 
 def model_path_problem(path: str, base_dir: Path) -> str | None:

@@ -2,8 +2,9 @@
 
 A `TextSource` names the text (the built-in stdlib corpus, local text or JSONL files, or a
 Hugging Face dataset); `load_documents` turns it into a list of document strings. Bad user input
-raises `ConfigError`; an unreachable hub or a missing `datasets` package raises
-`EnvironmentProblem`.
+raises `ConfigError` naming the file (and line) and the reason: no matching file, a binary or
+non-UTF-8 file, a line over `MAX_LINE_CHARS`, a JSONL line that is not an object holding the
+text field. An unreachable hub or a missing `datasets` package raises `EnvironmentProblem`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SourceKind = Literal["builtin", "text", "jsonl", "hf"]
 
 SOURCE_KINDS: tuple[SourceKind, ...] = ("builtin", "text", "jsonl", "hf")
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst"})
+MAX_LINE_CHARS = 1 << 23  # prose has paragraphs, not 8 Mi characters without a line break
 _JOIN = "\n\n"
 
 
@@ -79,11 +81,11 @@ def load_documents(source: TextSource, split: Split) -> list[str]:
     if source.kind == "builtin":
         docs = builtin_text(split).split(_JOIN)
     elif source.kind == "text":
-        docs = [_read_text(path) for path in _matching_files(source.path or "")]
+        docs = [_read_text(path) for path in matching_files(source.path or "")]
     elif source.kind == "jsonl":
         docs = [
             doc
-            for path in _matching_files(source.path or "")
+            for path in matching_files(source.path or "")
             for doc in _read_jsonl(path, source.text_field)
         ]
     else:
@@ -99,8 +101,9 @@ def _describe(source: TextSource) -> str:
     return repr(source.path) if source.path else "(built-in stdlib docstrings)"
 
 
-def _matching_files(pattern: str) -> list[Path]:
-    """The files a path, directory or glob pattern names, sorted; ConfigError if there are none."""
+def matching_files(pattern: str) -> list[Path]:
+    """The files a path, directory or glob pattern names, sorted; ConfigError if there are none
+    (a directory: none with a text suffix)."""
     expanded = Path(pattern).expanduser()
     if expanded.is_file():
         return [expanded]
@@ -108,25 +111,58 @@ def _matching_files(pattern: str) -> list[Path]:
         files = sorted(
             p for p in expanded.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
         )
-    else:
-        files = sorted(
-            Path(p) for p in glob.glob(str(expanded), recursive=True) if Path(p).is_file()
-        )
+        if not files:
+            raise ConfigError(
+                f"the directory {pattern!r} holds no {', '.join(sorted(TEXT_SUFFIXES))} file",
+                hint="give a file, or a glob such as 'data/*.jsonl' for other suffixes",
+            )
+        return files
+    files = sorted(Path(p) for p in glob.glob(str(expanded), recursive=True) if Path(p).is_file())
     if not files:
         raise ConfigError(
             f"no text files found at {pattern!r}",
-            hint="give an existing file, a directory of .txt/.md files, or a glob such as 'data/*.txt'",
+            hint="give an existing file, a directory of .txt/.md files, or a glob such as "
+            "'data/*.txt'",
         )
     return files
 
 
 def _read_text(path: Path) -> str:
+    """The UTF-8 text of a file; a binary file (a NUL byte), another encoding or a line over
+    MAX_LINE_CHARS is a ConfigError naming the file."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"{path} is not a text file: a NUL byte at byte {nul:,} (binary data, "
+                          "or UTF-16 text?)", hint="give UTF-8 text files")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    long_line = _long_line(text)
+    if long_line is not None:
+        number, length = long_line
+        raise ConfigError(f"{path}:{number}: a line of {length:,} characters, over the limit of "
+                          f"{MAX_LINE_CHARS:,}; text sources are prose broken into lines",
+                          hint="give line-broken text (JSONL: one document per line)")
+    return text
+
+
+def _long_line(text: str) -> tuple[int, int] | None:
+    """(1-based number, length) of the first line longer than MAX_LINE_CHARS, or None; scans
+    without splitting the text."""
+    start, number = 0, 1
+    while True:
+        end = text.find("\n", start)
+        stop = len(text) if end < 0 else end
+        if stop - start > MAX_LINE_CHARS:
+            return number, stop - start
+        if end < 0:
+            return None
+        start, number = end + 1, number + 1
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
@@ -139,15 +175,31 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
-        if not isinstance(record, dict) or field not in record:
-            raise ConfigError(f"{path}:{number}: no field {field!r} in this JSON line")
+        except RecursionError as exc:
+            raise ConfigError(f"{path}:{number}: JSON nested too deeply") from exc
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{number}: a JSON {_json_kind(record)}, not an object "
+                              f"with a {field!r} field")
+        if field not in record:
+            keys = ", ".join(map(repr, list(record)[:6])) or "none"
+            raise ConfigError(f"{path}:{number}: no field {field!r} in this JSON line "
+                              f"(its fields: {keys})")
         value = record[field]
         if not isinstance(value, str):
             raise ConfigError(
-                f"{path}:{number}: field {field!r} is a {type(value).__name__}, not a string"
+                f"{path}:{number}: field {field!r} is a {_json_kind(value)}, not a string"
             )
         docs.append(value)
     return docs
+
+
+def _json_kind(value: object) -> str:
+    """The JSON word for a decoded value's type."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "boolean"), (str, "string"), (int, "number"), (float, "number"),
+             (list, "array"), (dict, "object"))
+    return next(word for kind, word in kinds if isinstance(value, kind))
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -44,7 +44,9 @@ def calibration_windows(
     "documents" is the Wanda/SparseGPT C4 recipe: pick a random document, keep a random window
     of it if it has more than `seqlen` tokens; if no document is that long it falls back to
     "concatenate" with the same seed: join all documents with blank lines, tokenize once, take
-    random windows.
+    random windows (starts drawn with replacement). The concatenated text must hold at least
+    `nsamples * seqlen` tokens, so the windows could be disjoint; this is checked before any
+    start is drawn.
     """
     _check_positive(nsamples=nsamples, seqlen=seqlen)
     if seqlen < 2:
@@ -61,14 +63,27 @@ def calibration_windows(
             return windows
     rng = random.Random(seed)
     ids = encode(tokenizer, _JOIN.join(documents))
-    if len(ids) < seqlen + 1:
-        raise ConfigError(
-            f"the calibration corpus has {len(ids)} tokens, fewer than seqlen + 1 = {seqlen + 1}",
-            hint="use more calibration text or a smaller seqlen",
-        )
+    check_calibration_tokens(len(ids), nsamples, seqlen)
     corpus = torch.tensor(ids, dtype=torch.long)
     starts = [rng.randint(0, len(ids) - seqlen - 1) for _ in range(nsamples)]
     return torch.stack([corpus[start : start + seqlen] for start in starts])
+
+
+def check_calibration_tokens(available: int, nsamples: int, seqlen: int) -> None:
+    """Refuse calibration text of `available` tokens too short for one window plus its random
+    start (seqlen + 1), or for `nsamples` windows of `seqlen` tokens without overlap."""
+    if available < seqlen + 1:
+        raise ConfigError(
+            f"data -> calibration -> seqlen: the calibration corpus has {available:,} tokens, "
+            f"fewer than seqlen + 1 = {seqlen + 1:,}",
+            hint="use more calibration text or a smaller seqlen",
+        )
+    if available < nsamples * seqlen:
+        raise ConfigError(
+            f"data -> calibration -> nsamples: {nsamples:,} windows of {seqlen:,} tokens need "
+            f"{nsamples * seqlen:,} tokens of calibration text, but it has {available:,}",
+            hint="use more calibration text, or a smaller nsamples or seqlen",
+        )
 
 
 def _document_windows(
@@ -120,7 +135,8 @@ def split_windows(
         count = min(count, max_windows)
     if count < 1:
         raise ConfigError(
-            f"the evaluation corpus has {ids.shape[1]} tokens, fewer than one window of {seqlen}",
+            f"data -> evaluation -> seqlen: the evaluation corpus has {ids.shape[1]:,} tokens, "
+            f"fewer than one window of {seqlen:,}",
             hint="use more evaluation text or a smaller seqlen",
         )
     return ids[0, : count * seqlen].reshape(count, seqlen).long()
