@@ -41,7 +41,7 @@ class Shared:
         self.model, self.calib, self.evaluation = load(args)
         targets = find_targets(self.model)
         start = time.perf_counter()
-        self.alphas = esd_alphas(targets)
+        self.alphas = esd_alphas(targets, "ks")
         self.alpha_seconds = time.perf_counter() - start
         self.dense_stats = collect_dense(self.model, self.calib, targets)
         self.dense_ppl = perplexity(self.model, self.evaluation)
@@ -64,7 +64,7 @@ class Shared:
 
 def block_alphas(shared: Shared) -> list[float]:
     """The per-block mean alpha, in block order (what the block-wise allocation maps)."""
-    groups = target_groups(find_targets(shared.model))
+    groups = target_groups(find_targets(shared.model), "block")
     blocks: dict = {}
     for name, alpha in shared.alphas.items():
         blocks.setdefault(groups[name], []).append(alpha)
@@ -89,7 +89,7 @@ def run_sweep(args) -> dict:
     rows += [shared.run(method="wanda", sparsity=0.7, allocation="alphapruning", epsilon=eps)
              for eps in (0.05, 0.1, 0.2, 0.3)]
     rows += [shared.run(method="wanda", sparsity=0.7, allocation="alphapruning", epsilon=0.2,
-                        allocation_granularity="matrix")]
+                        granularity="matrix")]
     rows += [shared.run(method="wanda", sparsity=0.7, allocation="owl", owl_lambda=lam)
              for lam in (0.04, 0.08, 0.15)]
     alphas = block_alphas(shared)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from wanda_export.calibrate.stats import ChannelStats
+from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.model.layers import Target, weight_out_in
 from wanda_export.sparsity.allocate import (
     alphapruning_allocation,
@@ -21,11 +21,6 @@ from wanda_export.sparsity.allocate import (
     owl_allocation,
 )
 from wanda_export.sparsity.score import wanda_scores
-
-if TYPE_CHECKING:
-    from wanda_export.prune import PruneSpec
-
-GRANULARITIES = ("block", "matrix")
 
 
 @dataclass
@@ -51,11 +46,9 @@ class Allocation:
         return {"method": self.method, **self.settings, "layers": layers}
 
 
-def target_groups(targets: list[Target], granularity: str = "block") -> dict[str, Hashable]:
+def target_groups(targets: list[Target], granularity: str) -> dict[str, Hashable]:
     """Which targets share a ratio: those of one decoder block ("block"), or none ("matrix").
     A target outside the decoder blocks (e.g. lm_head) is always a group of its own."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     return {
         t.name: t.layer_index if granularity == "block" and t.layer_index is not None else t.name
         for t in targets
@@ -63,7 +56,7 @@ def target_groups(targets: list[Target], granularity: str = "block") -> dict[str
 
 
 @torch.no_grad()
-def esd_alphas(targets: list[Target], xmin: str = "ks") -> dict[str, float]:
+def esd_alphas(targets: list[Target], xmin: str) -> dict[str, float]:
     """The Hill power-law exponent of each target weight's ESD; depends on the weights only."""
     return {t.name: hill_alpha(esd(weight_out_in(t.module)), xmin) for t in targets}
 
@@ -94,8 +87,8 @@ def allocate(targets: list[Target], spec: PruneSpec,
     if spec.allocation == "uniform":
         return Allocation("uniform", uniform)
     params = {t.name: t.module.weight.numel() for t in targets}
-    groups = target_groups(targets, spec.allocation_granularity)
-    settings = {"granularity": spec.allocation_granularity}
+    groups = target_groups(targets, spec.granularity)
+    settings = {"granularity": spec.granularity}
     if spec.allocation == "alphapruning":
         alphas = alphas if alphas is not None else esd_alphas(targets, spec.alpha_xmin)
         ratios = alphapruning_allocation(alphas, params, groups, spec.sparsity, spec.epsilon)

@@ -14,100 +14,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from wanda_export.allocation import GRANULARITIES, Allocation, allocate
+from wanda_export.allocation import Allocation, allocate
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.sequential import calibrate_sequential
 from wanda_export.calibrate.stats import ChannelStats
+from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.model.layers import Target, find_targets, weight_out_in
-from wanda_export.sparsity.allocate import ALLOCATIONS, XMIN_METHODS
-from wanda_export.sparsity.mask import GROUPS, apply_mask_, build_mask
-from wanda_export.sparsity.pattern import Pattern, parse_pattern
-from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, SCORERS, compute_scores
-from wanda_export.sparsity.sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, sparsegpt_prune
+from wanda_export.sparsity.mask import apply_mask_, build_mask
+from wanda_export.sparsity.pattern import Pattern
+from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, compute_scores
+from wanda_export.sparsity.sparsegpt import sparsegpt_prune
 from wanda_export.sparsity.verify import SparsityReport, verify_layer
-
-MODES = ("sequential", "dense")
-METHODS = (*SCORERS, "sparsegpt")
-# SparseGPT chooses its unstructured mask per block of columns, across all rows of the block.
-DEFAULT_GROUP = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block"}
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    """What to prune and how. `pattern` is "unstructured" or "N:M" (N kept in every M along K).
-
-    `group` is the comparison group of unstructured masks; None takes the papers' choice per
-    method: per output row for Wanda, the whole layer for magnitude (SparseGPT has its own, the
-    column block). `allocation` spreads the sparsity over layers: "uniform", "alphapruning"
-    (`epsilon`, `alpha_xmin`) or "owl" (`owl_m`, `owl_lambda`), one ratio per decoder block or
-    per matrix (`allocation_granularity`); the parameter-weighted mean stays `sparsity`.
-    `dampening` and `block_size` are SparseGPT's.
-    """
-
-    method: str = "wanda"
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-    group: str | None = None
-    mode: str = "sequential"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    batch_size: int = 8
-    allocation: str = "uniform"
-    epsilon: float = 0.3
-    alpha_xmin: str = "ks"
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
-    allocation_granularity: str = "block"
-    dampening: float = DEFAULT_DAMPENING
-    block_size: int = DEFAULT_BLOCK_SIZE
-
-    def __post_init__(self) -> None:
-        choices = {"method": (self.method, METHODS), "mode": (self.mode, MODES),
-                   "allocation": (self.allocation, ALLOCATIONS),
-                   "alpha_xmin": (self.alpha_xmin, XMIN_METHODS),
-                   "allocation_granularity": (self.allocation_granularity, GRANULARITIES)}
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{key} {value!r} is not one of {list(allowed)}")
-        if self.group is not None and (self.group not in GROUPS or self.method == "sparsegpt"):
-            allowed = "none for sparsegpt" if self.method == "sparsegpt" else list(GROUPS)
-            raise ValueError(f"group {self.group!r} is not allowed ({allowed})")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if parse_pattern(self.pattern).structured and self.allocation != "uniform":
-            raise ValueError(f"allocation {self.allocation!r} gives layers different ratios; "
-                             f"pattern {self.pattern} needs the same N:M in every layer")
-        if not 0.0 < self.epsilon < 1.0 or not 0.0 < self.owl_lambda < 1.0:
-            raise ValueError("epsilon and owl_lambda must be in (0, 1)")
-        if self.owl_m <= 0 or self.dampening <= 0 or self.block_size < 1:
-            raise ValueError("owl_m and dampening must be > 0 and block_size >= 1")
-
-    @property
-    def parsed_pattern(self) -> Pattern:
-        return parse_pattern(self.pattern)
-
-    @property
-    def comparison_group(self) -> str:
-        return self.group or DEFAULT_GROUP[self.method]
-
-    @property
-    def needs_calibration(self) -> bool:
-        """Whether activations are needed: for the scores, SparseGPT's Hessian, or OWL."""
-        return self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian or (
-            self.allocation == "owl")
-
-    @property
-    def calibrates_sequentially(self) -> bool:
-        """Layer-by-layer calibration on pruned inputs: only in sequential mode, and only when
-        the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
-        dense model's statistics alone)."""
-        return self.mode == "sequential" and (
-            self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian)
-
-    @property
-    def needs_hessian(self) -> bool:
-        """SparseGPT reconstructs from X^T X, collected in the same calibration pass."""
-        return self.method == "sparsegpt"
 
 
 @dataclass

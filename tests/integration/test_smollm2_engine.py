@@ -84,7 +84,7 @@ def test_sparsegpt_reconstructs_real_layers_better_than_wanda(smollm2):
         x = seen[name]
         for pattern in ("unstructured", "2:4"):
             parsed = parse_pattern(pattern)
-            pruned = sparsegpt_prune(weight, x.T @ x, 0.6, parsed)
+            pruned = sparsegpt_prune(weight, x.T @ x, 0.6, parsed, 128, 0.01)
             wanda = weight.clone()
             wanda[build_mask(wanda_scores(weight, x.square().sum(0)), 0.6, parsed, "row")] = 0
             errors = [float((x @ (weight - w).T).norm()) for w in (pruned, wanda)]
@@ -99,7 +99,7 @@ def test_alphapruning_alphas_of_the_real_weights(smollm2):
 
     targets = find_targets(smollm2[0])
     allocation = allocate(targets, PruneSpec(sparsity=0.7, allocation="alphapruning"))
-    groups = target_groups(targets)
+    groups = target_groups(targets, "block")
     blocks: dict[int, list[float]] = {}
     for name, alpha in allocation.alphas.items():
         blocks.setdefault(groups[name], []).append(alpha)

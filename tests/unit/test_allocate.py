@@ -113,8 +113,8 @@ def test_group_outlier_ratio_pools_the_scores_of_the_group():
                                               ("magnitude", "dense"), ("sparsegpt", "sequential")])
 def test_layerwise_pruning_reaches_the_target_overall(tiny_model_dir, allocation, method, mode):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
-    spec = PruneSpec(method=method, sparsity=0.6, allocation=allocation, mode=mode,
-                     epsilon=0.2, owl_lambda=0.1)
+    width = {"epsilon": 0.2} if allocation == "alphapruning" else {"owl_lambda": 0.1}
+    spec = PruneSpec(method=method, sparsity=0.6, allocation=allocation, mode=mode, **width)
     result = prune_model(model, spec, WINDOWS)
     layers = result.report.layers
     per_block = {i: {layers[n].sparsity for n in layers if f"layers.{i}." in n} for i in (0, 1)}
@@ -132,7 +132,7 @@ def test_matrix_granularity_and_precomputed_alphas(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
     targets = find_targets(model)
     assert len(set(target_groups(targets, "matrix").values())) == len(targets)
-    spec = PruneSpec(sparsity=0.5, allocation="alphapruning", allocation_granularity="matrix")
+    spec = PruneSpec(sparsity=0.5, allocation="alphapruning", granularity="matrix")
     measured = allocate(targets, spec)
     again = allocate(targets, spec, alphas=measured.alphas)
     assert again.ratios == measured.ratios and len(set(measured.ratios.values())) > 2

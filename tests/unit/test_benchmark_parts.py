@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from wanda_export.bench.compare import ComparisonRow
 from wanda_export.bench.dense_twin import write_dense_twin
 from wanda_export.bench.tensorrt_log import SparseTactics, captured_stderr, parse_sparse_tactics
-from wanda_export.config.models import GatesConfig
+from wanda_export.config.gates import GatesConfig
 from wanda_export.evaluate.parity import onnx_session, onnx_step
 from wanda_export.export.onnx import export_onnx
 from wanda_export.export.onnx_verify import verify_onnx

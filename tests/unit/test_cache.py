@@ -220,11 +220,6 @@ def test_alpha_key_depends_on_weights_targets_and_xmin_only() -> None:
     assert base not in others and len(others) == 3
 
 
-def test_unknown_mode_is_rejected() -> None:
-    with pytest.raises(ValueError, match="mode"):
-        dataclasses.replace(BASE_KEY, mode="layerwise")
-
-
 # --- store: basics ----------------------------------------------------------------------------
 
 

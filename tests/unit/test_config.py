@@ -15,6 +15,7 @@ import yaml
 
 from wanda_export.config import (
     BenchmarkStage,
+    CalibrateStage,
     CalibrationData,
     EvaluationData,
     ExportStage,
@@ -30,7 +31,8 @@ from wanda_export.config import (
     meta_model,
     parse_config,
 )
-from wanda_export.config.models import (
+from wanda_export.config.base import describe_value
+from wanda_export.config.limits import (
     MAX_BATCH_SIZE,
     MAX_BATCH_TOKENS,
     MAX_BENCHMARK_BATCH,
@@ -45,7 +47,6 @@ from wanda_export.config.models import (
     MAX_PARITY_TOKENS,
     MAX_SEQLEN,
     MAX_THREADS,
-    describe_value,
 )
 from wanda_export.data.sources import load_documents
 from wanda_export.errors import EXIT_CONFIG, ConfigError
@@ -172,7 +173,7 @@ def test_layerwise_and_sparsegpt_settings_reach_the_prune_spec(tmp_path: Path) -
     spec = config.prune_spec()
     assert (spec.method, spec.dampening, spec.block_size) == ("sparsegpt", 0.02, 64)
     assert (spec.allocation, spec.epsilon, spec.alpha_xmin) == ("alphapruning", 0.2, "median")
-    assert spec.allocation_granularity == "matrix" and spec.needs_hessian
+    assert spec.granularity == "matrix" and spec.needs_hessian
 
 
 def test_prune_spec_carries_the_stage_settings(project: Path) -> None:
@@ -706,3 +707,30 @@ def test_an_unreadable_model_config_is_a_config_error(tmp_path: Path) -> None:
 def test_every_sample_config_validates(path: Path) -> None:
     config = load_config(path)
     assert config.stage_names()[0] in ("calibrate", "score")
+
+
+def test_prune_spec_refuses_what_the_pipeline_file_refuses():
+    from pydantic import ValidationError
+
+    from wanda_export.prune import PruneSpec
+
+    with pytest.raises(ValidationError, match="pattern 2:4 means sparsity 0.5"):
+        PruneSpec(pattern="2:4", sparsity=0.6)
+    with pytest.raises(ValidationError, match="only allocation 'owl' takes 'owl_m'"):
+        PruneSpec(owl_m=3.0)
+    spec = PruneSpec(pattern="2:4", include=("model.layers.0.*",))
+    assert spec.sparsity == 0.5 and spec.include == ["model.layers.0.*"]
+    assert spec.comparison_group == "row" and not spec.needs_hessian
+
+
+def test_prune_spec_takes_every_setting_from_the_stage_models():
+    from wanda_export.config.inputs import CalibrationBatch
+    from wanda_export.prune import PruneSpec
+
+    stage_fields = {name for model in (CalibrateStage, ScoreStage, MaskStage, CalibrationBatch)
+                    for name in model.model_fields}
+    assert set(PruneSpec.model_fields) == stage_fields
+    for name, field in PruneSpec.model_fields.items():
+        owner = next(m for m in (CalibrateStage, ScoreStage, MaskStage, CalibrationBatch)
+                     if name in m.model_fields)
+        assert field.default == owner.model_fields[name].default

@@ -9,7 +9,7 @@ import pytest
 from wanda_export.bench.compare import compare
 from wanda_export.bench.runtimes import Availability
 from wanda_export.bench.timing import LatencyStats
-from wanda_export.config.models import GatesConfig
+from wanda_export.config.gates import GatesConfig
 from wanda_export.evaluate.parity import ParityResult
 from wanda_export.export.onnx_verify import OnnxLayerCheck, OnnxVerification
 from wanda_export.report import RunRecord, evaluate_gates

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from wanda_export.config.models import GatesConfig, PerplexityGate, SparsityGate
+from wanda_export.config.gates import GatesConfig, PerplexityGate, SparsityGate
 from wanda_export.evaluate.parity import ParityResult
 from wanda_export.report import (
     ArtifactRecord,

@@ -78,7 +78,7 @@ def reference_sparsegpt(weight, xtx, sparsity, prune_n, prune_m, block=128, damp
 def test_matches_the_papers_algorithm(pattern, n):
     weight = torch.randn(24, 160, generator=torch.Generator().manual_seed(1))
     x = correlated_inputs(512, 160)
-    ours = sparsegpt_prune(weight, x.T @ x, 0.5, parse_pattern(pattern), block_size=64)
+    ours = sparsegpt_prune(weight, x.T @ x, 0.5, parse_pattern(pattern), block_size=64, dampening=0.01)
     expected = reference_sparsegpt(weight, x.T @ x, 0.5, n, 8 if n == 4 else 4, block=64)
     assert torch.equal(ours == 0, expected == 0)
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
@@ -89,7 +89,7 @@ def test_reconstruction_error_below_wanda_at_the_same_ratio(pattern):
     weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
     x = correlated_inputs(1024, 64)
     parsed = parse_pattern(pattern)
-    pruned = sparsegpt_prune(weight, x.T @ x, 0.5, parsed, block_size=32)
+    pruned = sparsegpt_prune(weight, x.T @ x, 0.5, parsed, block_size=32, dampening=0.01)
     wanda = weight.clone()
     wanda[build_mask(wanda_scores(weight, x.square().sum(0)), 0.5, parsed, "row")] = 0
     assert (pruned == 0).float().mean() == (wanda == 0).float().mean() == 0.5
@@ -100,7 +100,8 @@ def test_reconstruction_error_below_wanda_at_the_same_ratio(pattern):
 def test_every_block_reaches_the_ratio_and_zeros_are_positive():
     weight = torch.randn(10, 96, generator=torch.Generator().manual_seed(3))
     x = correlated_inputs(256, 96)
-    pruned = sparsegpt_prune(weight, x.T @ x, 0.7, parse_pattern("unstructured"), block_size=32)
+    pruned = sparsegpt_prune(weight, x.T @ x, 0.7, parse_pattern("unstructured"), block_size=32,
+                             dampening=0.01)
     for start in range(0, 96, 32):
         block = pruned[:, start:start + 32]
         assert int((block == 0).sum()) == math.ceil(0.7 * block.numel())
@@ -112,15 +113,15 @@ def test_dead_inputs_are_pruned_without_nans():
     weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(4))
     x = correlated_inputs(128, 32)
     x[:, 5] = 0.0
-    pruned = sparsegpt_prune(weight, x.T @ x, 0.5, parse_pattern("2:4"), block_size=16)
+    pruned = sparsegpt_prune(weight, x.T @ x, 0.5, parse_pattern("2:4"), block_size=16, dampening=0.01)
     assert torch.isfinite(pruned).all() and (pruned[:, 5] == 0).all()
 
 
 def test_rejects_a_hessian_of_the_wrong_shape_and_a_block_not_multiple_of_m():
     with pytest.raises(ValueError, match="Hessian shape"):
-        sparsegpt_prune(torch.ones(4, 8), torch.eye(4), 0.5, parse_pattern("unstructured"))
+        sparsegpt_prune(torch.ones(4, 8), torch.eye(4), 0.5, parse_pattern("unstructured"), 128, 0.01)
     with pytest.raises(ValueError, match="multiple of M"):
-        sparsegpt_prune(torch.ones(4, 8), torch.eye(8), 0.5, parse_pattern("4:8"), block_size=4)
+        sparsegpt_prune(torch.ones(4, 8), torch.eye(8), 0.5, parse_pattern("4:8"), block_size=4, dampening=0.01)
 
 
 def test_hessian_collected_once_per_shared_input(tiny_model_dir):

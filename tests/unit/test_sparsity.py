@@ -59,9 +59,9 @@ def test_2_4_on_one_row_of_eight():
 def test_unstructured_differs_from_2_4_on_the_same_row():
     scores = torch.tensor([[5.0, 1, 3, 2, 0.5, 0.1, 9, 8]])
     # the four lowest overall (0.1, 0.5, 1, 2) happen to sit two in each group
-    assert unstructured_mask(scores, 0.5).tolist() == [[False, True, False, True, True, True, False, False]]
+    assert unstructured_mask(scores, 0.5, "row").tolist() == [[False, True, False, True, True, True, False, False]]
     scores2 = torch.tensor([[0.1, 0.2, 0.3, 0.4, 5, 6, 7, 8]])
-    assert unstructured_mask(scores2, 0.5).tolist() == [[True] * 4 + [False] * 4]
+    assert unstructured_mask(scores2, 0.5, "row").tolist() == [[True] * 4 + [False] * 4]
     assert nm_mask(scores2, 2, 4).tolist() == [[True, True, False, False, True, True, False, False]]
 
 
@@ -73,7 +73,7 @@ def test_4_8_and_1_4_patterns():
 
 def test_ties_prune_the_lowest_index_first():
     scores = torch.ones(2, 6)
-    assert unstructured_mask(scores, 0.5).tolist() == [[True] * 3 + [False] * 3] * 2
+    assert unstructured_mask(scores, 0.5, "row").tolist() == [[True] * 3 + [False] * 3] * 2
     assert nm_mask(torch.ones(1, 4), 2, 4).tolist() == [[True, True, False, False]]
     assert unstructured_mask(torch.ones(2, 2), 0.5, "layer").tolist() == [[True, True], [False, False]]
 
@@ -111,7 +111,7 @@ def test_apply_mask_writes_positive_zeros():
 
 def test_conv1d_layout_view_is_written_through():
     stored = SLIDE_W.t().contiguous()  # GPT-2 Conv1D keeps [in, out]
-    apply_mask_(stored.t(), unstructured_mask(wanda_scores(stored.t(), SLIDE_NORMS.square()), 0.5))
+    apply_mask_(stored.t(), unstructured_mask(wanda_scores(stored.t(), SLIDE_NORMS.square()), 0.5, "row"))
     assert torch.equal(stored.t(), torch.tensor([[4.0, 0, 1, 0], [0, 0, -1, -3], [-3, 0, 0, 2]]))
 
 
@@ -154,8 +154,8 @@ def test_score_dispatch_errors():
 
 def test_build_mask_chooses_by_pattern():
     scores = torch.tensor([[0.1, 0.2, 0.3, 0.4, 5, 6, 7, 8]])
-    assert torch.equal(build_mask(scores, 0.5, Pattern(2, 4)), nm_mask(scores, 2, 4))
-    assert torch.equal(build_mask(scores, 0.5, Pattern()), unstructured_mask(scores, 0.5))
+    assert torch.equal(build_mask(scores, 0.5, Pattern(2, 4), "row"), nm_mask(scores, 2, 4))
+    assert torch.equal(build_mask(scores, 0.5, Pattern(), "row"), unstructured_mask(scores, 0.5, "row"))
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (8, 16)])
@@ -172,5 +172,5 @@ def test_non_whole_ratios_round_up_so_every_group_reaches_the_target():
     assert pruned_count(576, 0.6) == 346 and 346 / 576 >= 0.6
     assert pruned_count(1000, 0.7) == 700  # 0.7 * 1000 is 700.0000000000001 in floats
     assert pruned_count(64, 0.5) == 32 and pruned_count(3, 0.99) == 3
-    mask = unstructured_mask(torch.rand(4, 576), 0.6)
+    mask = unstructured_mask(torch.rand(4, 576), 0.6, "row")
     assert (mask.sum(dim=1) == 346).all()

@@ -33,7 +33,6 @@ COLLECTOR_VERSION = 1
 
 CALIBRATION_SCHEMA = "calibration-stats"
 PLAN_SCHEMA = "prune-plan"
-MODES = ("sequential", "dense")
 
 
 def canonical_json(record: dict[str, Any]) -> str:
@@ -88,9 +87,8 @@ class CalibrationKey:
     hessian: bool = False  # X^T X per target too (SparseGPT)
 
     def __post_init__(self) -> None:
-        """Reject unknown modes and store ``targets`` as a tuple whatever sequence was passed."""
-        if self.mode not in MODES:
-            raise ValueError(f"calibration mode must be one of {MODES}, got {self.mode!r}")
+        """Store ``targets`` as a tuple whatever sequence was passed (``mode`` comes validated
+        from the pipeline schema: "sequential" or "dense")."""
         object.__setattr__(self, "targets", tuple(self.targets))
 
     def record(self) -> dict[str, Any]:

@@ -5,29 +5,30 @@
 rules that need the model's layer shapes, read from its config alone (no weights).
 """
 
+from wanda_export.config.gates import GatesConfig, PerplexityGate, SparsityGate
+from wanda_export.config.inputs import (
+    CalibrationData,
+    DataConfig,
+    EvaluationData,
+    ModelConfig,
+    SourceFields,
+    resolve_data_path,
+)
 from wanda_export.config.loader import load_config, parse_config
-from wanda_export.config.models import (
+from wanda_export.config.pipeline import PipelineConfig
+from wanda_export.config.prune_spec import PruneSpec
+from wanda_export.config.rules import check_against_model, meta_model
+from wanda_export.config.stages import (
     STAGE_ORDER,
     BenchmarkStage,
     CalibrateStage,
-    CalibrationData,
-    DataConfig,
     EvaluateStage,
-    EvaluationData,
     ExportStage,
-    GatesConfig,
     MaskStage,
-    ModelConfig,
-    PerplexityGate,
-    PipelineConfig,
     ScoreStage,
-    SourceFields,
-    SparsityGate,
     StageEntry,
     VerifyStage,
-    resolve_data_path,
 )
-from wanda_export.config.rules import check_against_model, meta_model
 
 __all__ = [
     "STAGE_ORDER",
@@ -43,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "PerplexityGate",
     "PipelineConfig",
+    "PruneSpec",
     "ScoreStage",
     "SourceFields",
     "SparsityGate",

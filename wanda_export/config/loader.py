@@ -29,16 +29,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from wanda_export.config.models import (
-    CONFIG_ERROR,
-    RULES_ERROR,
-    Loc,
-    ModelConfig,
-    PipelineConfig,
-    describe_value,
-    resolve_data_path,
-    unknown_key_message,
-)
+from wanda_export.config.base import CONFIG_ERROR, RULES_ERROR, Loc, describe_value
+from wanda_export.config.inputs import ModelConfig, resolve_data_path
+from wanda_export.config.pipeline import PipelineConfig, unknown_key_message
 from wanda_export.errors import ConfigError
 
 # Limits on a pipeline file: real ones are a few kilobytes with fewer than 1,000 values, a

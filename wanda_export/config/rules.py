@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wanda_export.config.loader import Problem, config_error
-from wanda_export.config.models import PipelineConfig
+from wanda_export.config.pipeline import PipelineConfig
 from wanda_export.errors import ConfigError
 from wanda_export.sparsity.pattern import parse_pattern
 

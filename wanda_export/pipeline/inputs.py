@@ -41,7 +41,7 @@ def plan_settings(spec: PruneSpec) -> dict:
         settings["allocation"] = {"method": spec.allocation, "epsilon": spec.epsilon,
                                   "alpha_xmin": spec.alpha_xmin, "owl_m": spec.owl_m,
                                   "owl_lambda": spec.owl_lambda,
-                                  "granularity": spec.allocation_granularity}
+                                  "granularity": spec.granularity}
     if spec.method == "sparsegpt":
         settings["sparsegpt"] = {"dampening": spec.dampening, "block_size": spec.block_size}
     return settings

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
-from wanda_export.config.models import ONNX_FORMATS
+from wanda_export.config.stages import ONNX_FORMATS
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
 from wanda_export.export.onnx import convert_to_fp16, export_onnx

@@ -17,7 +17,7 @@ from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
     from wanda_export.bench.compare import ComparisonRow
-    from wanda_export.config.models import (
+    from wanda_export.config.gates import (
         GatesConfig,
         LatencyGate,
         ParityGate,

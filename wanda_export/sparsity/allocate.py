@@ -20,8 +20,6 @@ import torch
 # Spectra are computed in float64: squared singular values span many orders of magnitude.
 ESD_DTYPE = torch.float64
 MAX_RATIO = 0.99
-ALLOCATIONS = ("uniform", "alphapruning", "owl")
-XMIN_METHODS = ("ks", "median")
 
 
 def esd(weight: torch.Tensor) -> torch.Tensor:
@@ -35,7 +33,7 @@ def esd(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(gram).clamp_min(0).sort().values
 
 
-def hill_alpha(eigenvalues: torch.Tensor, xmin: str = "ks") -> float:
+def hill_alpha(eigenvalues: torch.Tensor, xmin: str) -> float:
     """Power-law exponent of the tail of an ESD by the Hill estimator (PL_Alpha_Hill).
 
     For a candidate xmin = lambda_i: alpha = 1 + n / sum_{j>=i} ln(lambda_j / xmin), n the tail
@@ -49,12 +47,12 @@ def hill_alpha(eigenvalues: torch.Tensor, xmin: str = "ks") -> float:
         raise ValueError("need at least 3 positive eigenvalues to fit a power law")
     logs = eigs.log()
     suffix_log_sums = torch.flip(torch.cumsum(torch.flip(logs, [0]), 0), [0])  # sum_{j>=i}
-    if xmin not in XMIN_METHODS:
-        raise ValueError(f"xmin must be 'ks' or 'median', got {xmin!r}")
     if xmin == "median":
         i = count // 2
         return 1.0 + (count - i) / (float(suffix_log_sums[i]) - (count - i) * float(logs[i]))
-    return _ks_best_alpha(eigs, logs, suffix_log_sums)
+    if xmin == "ks":
+        return _ks_best_alpha(eigs, logs, suffix_log_sums)
+    raise ValueError(f"xmin must be 'ks' or 'median', got {xmin!r}")
 
 
 def _ks_best_alpha(eigs: torch.Tensor, logs: torch.Tensor, suffix_log_sums: torch.Tensor,
@@ -114,7 +112,7 @@ def _linear_map(scores: Sequence[float], low: float, high: float) -> list[float]
 
 
 def alpha_ratios(alphas: Sequence[float], params: Sequence[int], target: float,
-                 epsilon: float = 0.3) -> list[float]:
+                 epsilon: float) -> list[float]:
     """AlphaPruning: alphas mapped linearly onto [target - eps, target + eps] (higher alpha, more
     pruning), then scaled so the parameter-weighted mean is the target, clipped and rebalanced."""
     ratios = torch.tensor(_linear_map(alphas, target - epsilon, target + epsilon), dtype=ESD_DTYPE)
@@ -124,14 +122,14 @@ def alpha_ratios(alphas: Sequence[float], params: Sequence[int], target: float,
     return rebalance(scaled, params, target)
 
 
-def outlier_ratio(scores: torch.Tensor, m: float = 5.0) -> float:
+def outlier_ratio(scores: torch.Tensor, m: float) -> float:
     """OWL's layer outlier ratio: the share of scores above m times their mean."""
     scores = scores.detach().to(torch.float32)
     return float((scores > m * scores.mean()).float().mean())
 
 
 def owl_ratios(outlier_ratios: Sequence[float], params: Sequence[int], target: float,
-               lam: float = 0.08) -> list[float]:
+               lam: float) -> list[float]:
     """OWL: more outliers, less pruning; ratios in [target - lam, target + lam] around the target,
     rebalanced to the exact parameter-weighted target."""
     ratios = _linear_map([-r for r in outlier_ratios], target - lam, target + lam)
@@ -157,7 +155,7 @@ def _grouped(values: Mapping[str, float], params: Mapping[str, int],
 
 def alphapruning_allocation(alphas: Mapping[str, float], params: Mapping[str, int],
                             groups: Mapping[str, Hashable], target: float,
-                            epsilon: float = 0.3) -> dict[str, float]:
+                            epsilon: float) -> dict[str, float]:
     """Per-matrix sparsity from per-matrix alphas: alphas averaged per group (AlphaPruning's
     block-wise default when groups are decoder blocks), mapped by `alpha_ratios`."""
     keys, means, sizes = _grouped(alphas, params, groups)
@@ -165,7 +163,7 @@ def alphapruning_allocation(alphas: Mapping[str, float], params: Mapping[str, in
     return {name: by_group[groups[name]] for name in alphas}
 
 
-def group_outlier_ratio(scores: Sequence[torch.Tensor], m: float = 5.0) -> float:
+def group_outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
     """OWL's outlier ratio of a group of layers: the share of all their scores above m times
     the mean of all their scores (the paper pools the scores of a whole decoder block)."""
     count = sum(s.numel() for s in scores)
@@ -175,7 +173,7 @@ def group_outlier_ratio(scores: Sequence[torch.Tensor], m: float = 5.0) -> float
 
 def owl_allocation(outliers: Mapping[Hashable, float], params: Mapping[str, int],
                    groups: Mapping[str, Hashable], target: float,
-                   lam: float = 0.08) -> dict[str, float]:
+                   lam: float) -> dict[str, float]:
     """Per-matrix sparsity from per-group outlier ratios (`owl_ratios` over the groups)."""
     keys = list(outliers)
     group_sizes = dict.fromkeys(keys, 0)

@@ -13,8 +13,6 @@ import torch
 
 from wanda_export.sparsity.pattern import Pattern
 
-GROUPS = ("row", "layer")
-
 
 def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Per-row k-th smallest value (1-based), shape (rows, 1).
@@ -57,7 +55,7 @@ def pruned_count(group_size: int, sparsity: float) -> int:
     return min(group_size, math.ceil(group_size * sparsity - 1e-9))
 
 
-def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
+def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str) -> torch.Tensor:
     """Prune pruned_count(group size, sparsity) weights per group.
 
     group "row": each output row compared on its own (Wanda's per-output comparison);
@@ -70,7 +68,7 @@ def unstructured_mask(scores: torch.Tensor, sparsity: float, group: str = "row")
     if group == "layer":
         flat = scores.reshape(1, -1)
         return _prune_lowest(flat, pruned_count(flat.shape[1], sparsity)).reshape(scores.shape)
-    raise ValueError(f"unknown comparison group {group!r}; choose one of {list(GROUPS)}")
+    raise ValueError(f"unknown comparison group {group!r}; choose row or layer")
 
 
 # Above this M the O(M^2) rank comparison costs more than a stable sort of each group.
@@ -105,7 +103,8 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return (torch.stack(ranks, dim=1) < m - n).reshape(out_features, in_features)
 
 
-def build_mask(scores: torch.Tensor, sparsity: float, pattern: Pattern, group: str = "row") -> torch.Tensor:
+def build_mask(scores: torch.Tensor, sparsity: float, pattern: Pattern, group: str
+               ) -> torch.Tensor:
     """Mask for one layer: N:M when the pattern is structured, else unstructured at `sparsity`."""
     if pattern.structured:
         return nm_mask(scores, pattern.n, pattern.m)

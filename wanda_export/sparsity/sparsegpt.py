@@ -18,11 +18,9 @@ from wanda_export.sparsity.pattern import Pattern
 
 # The inverse-Hessian algebra needs float32 at least, whatever the model's dtype.
 SPARSEGPT_DTYPE = torch.float32
-DEFAULT_DAMPENING = 0.01
-DEFAULT_BLOCK_SIZE = 128
 
 
-def inverse_hessian_cholesky(xtx: torch.Tensor, dampening: float = DEFAULT_DAMPENING) -> torch.Tensor:
+def inverse_hessian_cholesky(xtx: torch.Tensor, dampening: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and H's dead inputs fixed.
 
     The factor's row j holds exactly the [H^-1] entries the sequential OBS update of column j
@@ -70,8 +68,8 @@ def sparsegpt_prune(
     xtx: torch.Tensor,
     sparsity: float,
     pattern: Pattern,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    dampening: float = DEFAULT_DAMPENING,
+    block_size: int,
+    dampening: float,
 ) -> torch.Tensor:
     """Return the pruned and reconstructed copy of an [out, in] weight (dtype kept, zeros +0.0).
 

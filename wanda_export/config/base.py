@@ -1,0 +1,97 @@
+"""What every section of the pipeline file shares: the strict base model, and how a rejected
+value or a broken rule is reported (messages shown verbatim, several problems raised at once,
+each with its own location, "did you mean" suggestions, values described as YAML shows them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
+
+Loc = tuple[str | int, ...]
+
+CONFIG_ERROR = "wanda_config"
+RULES_ERROR = "pipeline_rules"
+_SHOWN_BITS = 200  # longer integers (about 60 digits) are described by their length
+
+
+def custom_error(message: str) -> PydanticCustomError:
+    """A validation error whose message is shown verbatim (no "Value error, " prefix)."""
+    return PydanticCustomError(CONFIG_ERROR, "{message}", {"message": message})
+
+
+def problem(loc: Loc, message: str, *, at_key: bool = False) -> dict[str, Any]:
+    """One rule violation: `loc` relative to the validated object, `at_key` to point at the key."""
+    return {"loc": tuple(loc), "message": message, "at_key": at_key}
+
+
+def rules_error(problems: list[dict[str, Any]]) -> PydanticCustomError:
+    """Raise several rule violations at once; the loader expands them into separate lines."""
+    summary = "; ".join(
+        f"{' -> '.join(map(str, p['loc']))}: {p['message']}" if p["loc"] else p["message"]
+        for p in problems
+    )
+    return PydanticCustomError(RULES_ERROR, "{summary}", {"summary": summary, "problems": problems})
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """A "; did you mean 'x'?" suffix for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+def _fspath(value: Any) -> Any:
+    """Accept a `Path` where a path string is expected (for configs built in Python)."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathText = Annotated[str | None, BeforeValidator(_fspath)]
+
+def yaml_kind(value: Any) -> str:
+    """The YAML word for a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
+
+
+def describe_value(value: Any) -> str:
+    """A rejected value as YAML shows it: `the string 'int8'`, `1.2`, `true`, `a list`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > _SHOWN_BITS:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"the string {shown!r}"
+    return (
+        f"a {yaml_kind(value)}" if isinstance(value, (dict, list)) else f"a {type(value).__name__}"
+    )
+
+class StrictModel(BaseModel):
+    """Base of every section: unknown keys are errors, values are not coerced, and a number
+    must be finite (.nan and .inf are refused everywhere)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+def only_with(fields: BaseModel, keys: tuple[str, ...], condition: bool, owner: str) -> list[dict]:
+    """Problems for each of `keys` given a non-default value although `condition` (its owner)
+    is off. An explicit default is accepted, so a dumped config validates again."""
+    if condition:
+        return []
+    return [problem((key,), f"only {owner} takes {key!r}", at_key=True) for key in keys
+            if getattr(fields, key) != type(fields).model_fields[key].default]
+

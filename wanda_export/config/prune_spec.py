@@ -1,0 +1,54 @@
+"""The library's pruning settings: one object saying what to prune and how, made of the
+calibrate, score and mask stage models, so its defaults, bounds and rules are theirs and
+`PruneSpec(sparsity=0.6, pattern="2:4")` is refused exactly as the pipeline file would be."""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict
+
+from wanda_export.config.inputs import CalibrationBatch
+from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage
+from wanda_export.sparsity.pattern import Pattern, parse_pattern
+from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
+
+# The papers' comparison group of unstructured masks per method: Wanda compares within each
+# output row, magnitude within the layer; SparseGPT chooses its mask per block of columns.
+METHOD_GROUPS = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block"}
+
+
+class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
+    """What to prune and how: the calibration mode and batch size, the scoring method (with
+    SparseGPT's dampening and block size), the sparsity, pattern, layer globs and layer-wise
+    allocation. Every field is the pipeline file's key of the same name; from Python, values
+    are converted where that loses nothing (a tuple of globs, an integer sparsity)."""
+
+    model_config = ConfigDict(strict=False)
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        """The pattern as a `Pattern` ("unstructured" or N:M along K)."""
+        return parse_pattern(self.pattern)
+
+    @property
+    def comparison_group(self) -> str:
+        """Which weights compete for pruning: `group`, else the method's own."""
+        return self.group or METHOD_GROUPS[self.method]
+
+    @property
+    def needs_hessian(self) -> bool:
+        """SparseGPT reconstructs from X^T X, collected in the same calibration pass."""
+        return self.method == "sparsegpt"
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether activations are needed: for the scores, SparseGPT's Hessian, or OWL."""
+        return (self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+                or self.allocation == "owl")
+
+    @property
+    def calibrates_sequentially(self) -> bool:
+        """Layer-by-layer calibration on pruned inputs: only in sequential mode, and only when
+        the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
+        dense model's statistics alone)."""
+        return self.mode == "sequential" and (
+            self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian)

@@ -1,0 +1,316 @@
+"""The stages of a pipeline and their settings: the one definition of each setting's default,
+allowed values, bounds and the rules that tie settings of one stage together. The library API
+(`PruneSpec`) and the engine read these same models."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from wanda_export.bench.shapes import FORMS as SHAPE_FORMS
+from wanda_export.bench.shapes import parse_shape
+from wanda_export.config.base import (
+    StrictModel,
+    custom_error,
+    did_you_mean,
+    only_with,
+    problem,
+    rules_error,
+    yaml_kind,
+)
+from wanda_export.config.limits import (
+    MAX_BENCHMARK_BATCH,
+    MAX_BENCHMARK_ITERATIONS,
+    MAX_BENCHMARK_SHAPES,
+    MAX_BENCHMARK_TOKENS,
+    MAX_BENCHMARK_WARMUP,
+    MAX_BLOCK_SIZE,
+    MAX_LAYER_GLOBS,
+    MAX_PARITY_TOKENS,
+    MAX_SEQLEN,
+    MAX_THREADS,
+)
+from wanda_export.sparsity.pattern import parse_pattern
+
+Mode = Literal["sequential", "dense"]
+Method = Literal["wanda", "magnitude", "sparsegpt"]
+Group = Literal["row", "layer"]
+AllocationMethod = Literal["uniform", "alphapruning", "owl"]
+AlphaXmin = Literal["ks", "median"]
+Granularity = Literal["block", "matrix"]
+ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "tensorrt"]
+RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch",
+                      "torch-sparse24"]
+ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "tensorrt"})
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+_MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
+
+
+class CalibrateStage(StrictModel):
+    """Collect input statistics: layer by layer on pruned inputs, or in one dense pass."""
+
+    mode: Mode = "sequential"
+
+
+class ScoreStage(StrictModel):
+    """How weights are ranked; `group` None takes the method's usual comparison group.
+
+    sparsegpt reconstructs the kept weights from the input Hessian (`dampening` relative to
+    its mean diagonal, columns processed in blocks of `block_size`); it takes no group.
+    """
+
+    method: Method = "wanda"
+    group: Group | None = None
+    dampening: float = Field(0.01, gt=0.0, lt=1.0)
+    block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE)
+
+    @model_validator(mode="after")
+    def _settings_fit_the_method(self) -> Self:
+        sparsegpt = self.method == "sparsegpt"
+        problems = only_with(self, ("dampening", "block_size"), sparsegpt, "method 'sparsegpt'")
+        if sparsegpt and self.group is not None:
+            problems.append(problem(("group",), "method 'sparsegpt' chooses its mask per block "
+                                    "of columns and takes no group", at_key=True))
+        if problems:
+            raise rules_error(problems)
+        return self
+
+
+class MaskStage(StrictModel):
+    """How much to prune, in which pattern, and which linear layers (fnmatch globs).
+
+    `allocation` spreads `sparsity` over the layers (the parameter-weighted mean stays exact):
+    uniform; alphapruning (ratios in [s - epsilon, s + epsilon] from each weight's ESD
+    power-law alpha, Hill estimator with `alpha_xmin`); owl (ratios in [s - owl_lambda,
+    s + owl_lambda] from the share of Wanda scores above owl_m times their mean). One ratio per
+    decoder block or per matrix (`granularity`). N:M patterns need uniform allocation.
+    """
+
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    pattern: str = "unstructured"
+    include: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list,
+                                                               max_length=MAX_LAYER_GLOBS)
+    exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list,
+                                                               max_length=MAX_LAYER_GLOBS)
+    allocation: AllocationMethod = "uniform"
+    epsilon: float = Field(0.3, gt=0.0, lt=1.0)
+    alpha_xmin: AlphaXmin = "ks"
+    owl_m: float = Field(5.0, gt=0.0)
+    owl_lambda: float = Field(0.08, gt=0.0, lt=1.0)
+    granularity: Granularity = "block"
+
+    @model_validator(mode="after")
+    def _allocation_settings(self) -> Self:
+        problems = [
+            *only_with(self, ("epsilon", "alpha_xmin"), self.allocation == "alphapruning",
+                       "allocation 'alphapruning'"),
+            *only_with(self, ("owl_m", "owl_lambda"), self.allocation == "owl",
+                       "allocation 'owl'"),
+            *only_with(self, ("granularity",), self.allocation != "uniform",
+                       "a layer-wise allocation"),
+        ]
+        if self.allocation != "uniform" and parse_pattern(self.pattern).structured:
+            problems.append(problem(
+                ("allocation",), f"allocation {self.allocation!r} gives layers different "
+                f"ratios, but pattern {self.pattern} needs the same N:M in every layer; use "
+                "allocation: uniform or an unstructured pattern"))
+        if problems:
+            raise rules_error(problems)
+        return self
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str) -> str:
+        try:
+            return str(parse_pattern(value))
+        except ValueError as error:
+            raise custom_error(str(error)) from None
+
+    @model_validator(mode="after")
+    def _sparsity_fits_pattern(self) -> Self:
+        implied = parse_pattern(self.pattern).sparsity
+        if implied is None:
+            return self
+        if "sparsity" in self.model_fields_set and not math.isclose(
+            self.sparsity, implied, abs_tol=1e-3
+        ):
+            raise rules_error(
+                [
+                    problem(
+                        ("sparsity",),
+                        f"pattern {self.pattern} means sparsity {implied:g} ((M-N)/M), not "
+                        f"{self.sparsity:g}; set sparsity: {implied:g} or leave it out",
+                    )
+                ]
+            )
+        self.sparsity = implied
+        return self
+
+
+class VerifyStage(StrictModel):
+    """Re-check the pruned weights: sparsity per layer and N:M conformance."""
+
+
+class EvaluateStage(StrictModel):
+    """Measure perplexity on the evaluation data, optionally of the dense model too."""
+
+    perplexity: bool = True
+    dense_baseline: bool = True
+
+
+class ExportStage(StrictModel):
+    """Write the pruned model; a list of format names so new formats are additive.
+
+    onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16: an fp16 copy; tensorrt: the
+    ONNX plus tensorrt.json (2:4 only). With any ONNX format the sparsity is re-verified in the
+    file, and with `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
+    """
+
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["safetensors"], min_length=1
+    )
+    parity: bool = True
+    parity_tokens: int = Field(32, ge=1, le=MAX_PARITY_TOKENS)
+
+
+def bounded_shape(text: str) -> str:
+    """The canonical form of a benchmark shape, refused when it cannot be parsed or passes the
+    limits on its batch, its sequence (past included) and its tokens."""
+    if len(text) > _MAX_SHAPE_CHARS:
+        raise custom_error(f"cannot parse a shape of {len(text):,} characters; expected "
+                           f"{SHAPE_FORMS}")
+    try:
+        shape = parse_shape(text)
+    except ValueError as error:
+        raise custom_error(str(error)) from None
+    length = shape.seqlen + shape.past
+    tokens = shape.batch * length
+    limits = [(shape.batch, MAX_BENCHMARK_BATCH, "batch"),
+              (length, MAX_SEQLEN, "seqlen + past"),
+              (tokens, MAX_BENCHMARK_TOKENS, "batch x (seqlen + past)")]
+    for value, limit, name in limits:
+        if value > limit:
+            raise custom_error(f"shape {text!r}: {name} is {value:,}, over the limit of "
+                               f"{limit:,}")
+    return str(shape)
+
+
+DEFAULT_BENCHMARK_SHAPES = ["prefill:1x128", "prefill:8x512", "decode:1x1@128"]
+
+
+class BenchmarkStage(StrictModel):
+    """Latency of the dense and the pruned model on each runtime and shape, in the same run.
+
+    Shapes: "prefill:BATCHxSEQLEN" or "decode:BATCHx1@PAST" (one token on a KV cache of PAST).
+    onnxruntime runtimes run the exported ONNX against its dense twin (same graph, unpruned
+    weights); torch runs the model itself; torch-sparse24 runs the pruned linears through
+    semi-structured 2:4 kernels (CUDA, compute capability >= 8.0) against dense fp16 kernels.
+    `threads` fixes torch's and onnxruntime's intra-op threads so numbers compare.
+    """
+
+    runtimes: list[RuntimeName] = Field(default_factory=lambda: ["onnxruntime-cpu"],
+                                        min_length=1)
+    shapes: list[str] = Field(default_factory=lambda: list(DEFAULT_BENCHMARK_SHAPES),
+                              min_length=1, max_length=MAX_BENCHMARK_SHAPES)
+    warmup: int = Field(3, ge=0, le=MAX_BENCHMARK_WARMUP)
+    iterations: int = Field(20, ge=1, le=MAX_BENCHMARK_ITERATIONS)
+    threads: int = Field(2, ge=1, le=MAX_THREADS)
+
+    @field_validator("shapes")
+    @classmethod
+    def _valid_shapes(cls, value: list[str]) -> list[str]:
+        return [bounded_shape(text) for text in value]
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise custom_error("a runtime is listed twice")
+        return value
+
+
+class _StageItem(StrictModel):
+    """One item of `stages`: a one-key mapping `{name: body}`; a null body means defaults.
+    `StageEntry` adds one optional field per stage of `STAGE_MODELS`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_known_stage(cls, data: Any) -> Any:
+        if isinstance(data, _StageItem):
+            return data
+        example = "such as '- mask: {sparsity: 0.5}'"
+        if not isinstance(data, dict) or not data:
+            raise custom_error(f"a stage is a one-key mapping {example}, got a {yaml_kind(data)}")
+        if len(data) > 1:
+            keys = ", ".join(map(str, data))
+            raise custom_error(
+                f"a stage item holds exactly one stage, got {len(data)} keys ({keys}); "
+                "start each stage with its own '- '"
+            )
+        ((name, body),) = data.items()
+        if name not in STAGE_MODELS:
+            raise rules_error(
+                [
+                    problem(
+                        (str(name),),
+                        f"unknown stage {str(name)!r}; allowed: {', '.join(STAGE_ORDER)}"
+                        + did_you_mean(str(name), STAGE_ORDER),
+                        at_key=True,
+                    )
+                ]
+            )
+        return {name: {} if body is None else body}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if len(self.model_fields_set) != 1:
+            raise custom_error("a stage item holds exactly one stage")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_stage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {self.name: handler(self)[self.name]}
+
+    @classmethod
+    def of(cls, body: StrictModel) -> _StageItem:
+        """Wrap a stage body model into its list item, e.g. `StageEntry.of(MaskStage())`."""
+        name = next(name for name, model in STAGE_MODELS.items() if type(body) is model)
+        return cls.model_validate({name: body})
+
+    @property
+    def name(self) -> str:
+        """The stage's name (the item's only key)."""
+        return next(iter(self.model_fields_set))
+
+    @property
+    def body(self) -> Any:
+        """The stage's settings."""
+        return getattr(self, self.name)
+
+
+
+STAGE_MODELS: dict[str, type[StrictModel]] = {
+    "calibrate": CalibrateStage,
+    "score": ScoreStage,
+    "mask": MaskStage,
+    "verify": VerifyStage,
+    "evaluate": EvaluateStage,
+    "export": ExportStage,
+    "benchmark": BenchmarkStage,
+}
+"""Every stage, in the order a pipeline runs them: the one list of stages."""
+STAGE_ORDER: tuple[str, ...] = tuple(STAGE_MODELS)
+
+StageEntry = create_model(
+    "StageEntry", __base__=_StageItem, __module__=__name__,
+    **{name: (model | None, None) for name, model in STAGE_MODELS.items()},
+)
