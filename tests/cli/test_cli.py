@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
+from wanda_export.cache.store import PIPELINE_KINDS
 from wanda_export.cli import app
 
 runner = CliRunner()
@@ -42,10 +43,15 @@ def test_run_passes_and_writes_every_output(write_pipeline, workdir):
 
 def test_gate_failure_exits_3_with_junit_failure(write_pipeline, workdir):
     out = workdir / "out"
-    result = invoke("run", str(write_pipeline(ppl_max=1.0)), "--out", str(out), "--quiet")
+    result = invoke("run", str(write_pipeline(ppl_max=1.0)), "--out", str(out), "--quiet",
+                    "--json")
     assert result.exit_code == 3
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["exit_code"] == 3
+    printed = json.loads(result.stdout)  # the report, with the error object added
+    assert printed.pop("error") == {"exit_code": 3, "kind": "gate", "hint": None, "locations": [],
+                                    "message": "1 gate(s) failed: perplexity.max"}
+    assert printed == report
     failures = ET.parse(out / "junit.xml").getroot().findall(".//failure")
     assert len(failures) == 1
 
@@ -83,8 +89,11 @@ def test_internal_error_exits_1_and_leaves_nothing(write_pipeline, workdir, monk
         raise RuntimeError("a bug")
 
     monkeypatch.setitem(stages.STAGES, "verify", broken)
-    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet",
+                    "--json")
     assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "internal" and error["message"] == "internal error: RuntimeError: a bug"
     assert not (workdir / "out").exists() and not list(workdir.glob(".out.partial-*"))
 
 
@@ -163,6 +172,11 @@ def test_cache_ls_and_clear(write_pipeline, workdir):
     assert invoke("calibrate", str(write_pipeline()), "--out", str(workdir / "c"), "--quiet").exit_code == 0
     rows = json.loads(invoke("cache", "ls", "--json").stdout)
     assert {row["kind"] for row in rows} >= {"calibration"}
+    assert {row["kind"] for row in rows} <= set(PIPELINE_KINDS)  # what `clear --kind` knows
+    calibration = [row for row in rows if row["kind"] == "calibration"]
+    cleared = json.loads(invoke("cache", "clear", "--kind", "calibration", "--json").stdout)
+    assert cleared["removed"] == len(calibration)
+    rows = json.loads(invoke("cache", "ls", "--json").stdout)
     assert json.loads(invoke("cache", "clear", "--json").stdout)["removed"] == len(rows)
     assert json.loads(invoke("cache", "ls", "--json").stdout) == []
 

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from wanda_export.cache import CacheStore, CalibrationKey, digest_of, plan_digest
 from wanda_export.cache.keys import COLLECTOR_VERSION, canonical_json, esd_alphas_key
-from wanda_export.cache.store import MANIFEST_FILE, TENSORS_FILE
-from wanda_export.errors import EnvironmentProblem
+from wanda_export.cache.store import MANIFEST_FILE, PIPELINE_KINDS, TENSORS_FILE
+from wanda_export.errors import ConfigError, EnvironmentProblem
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KIND = "stats"
@@ -505,6 +505,17 @@ def test_clear_by_kind_and_all(store: CacheStore) -> None:
     assert store.clear() == 1
     assert store.entries() == []
     assert store.get("other", KEY) is None
+
+
+def test_clear_refuses_a_kind_it_does_not_know(store: CacheStore) -> None:
+    store.put(KIND, KEY, sample_tensors(), RECORD)
+    assert store.kinds() == sorted({*PIPELINE_KINDS, KIND})
+    assert store.clear("alphas") == 0  # a pipeline kind with no entry yet is fine
+    with pytest.raises(ConfigError, match="'stat' is unknown.*did you mean 'stats'"):
+        store.clear("stat")
+    with pytest.raises(ConfigError, match="not a kind name"):
+        store.clear("../../etc")
+    assert store.get(KIND, KEY) is not None
 
 
 def test_clear_spares_the_temp_dir_of_a_live_writer(store: CacheStore) -> None:

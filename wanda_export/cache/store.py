@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from wanda_export.errors import EnvironmentProblem
+from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.model.default import cache_root
 
 FORMAT_VERSION = 1
@@ -47,6 +47,10 @@ TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_LOCK_TIMEOUT = 3600.0
 STALE_AFTER_SECONDS = 3600.0
+
+# The kinds the pipeline stores (pipeline/stages.py and pipeline/layerwise.py); `clear` also
+# knows every kind with entries on disk.
+PIPELINE_KINDS = ("alphas", "calibration", "perplexity")
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -175,7 +179,7 @@ class CacheStore:
         in another process is never broken. Lock files stay (deleting a held one is unsafe).
         """
         if kind is not None:
-            _check_kind(kind)
+            self._check_known_kind(kind)
         removed = 0
         for _kind, _key, entry in self._entry_dirs(kind):
             if _discard(entry):
@@ -184,6 +188,21 @@ class CacheStore:
             for bucket in _subdirs(kind_dir):
                 self._sweep(kind_dir.name, bucket, only_key=None)
         return removed
+
+    def kinds(self) -> list[str]:
+        """The kinds a user may name: the pipeline's and every kind with entries on disk."""
+        return sorted({*PIPELINE_KINDS, *(kind for kind, _, _ in self._entry_dirs(None))})
+
+    def _check_known_kind(self, kind: str) -> None:
+        """Refuse (ConfigError) a kind the user named that is malformed or unknown."""
+        from wanda_export.config.models import did_you_mean  # config imports the cache
+
+        known = self.kinds()
+        if _KIND.fullmatch(kind) and kind in known:
+            return
+        what = "unknown" if _KIND.fullmatch(kind) else "not a kind name"
+        raise ConfigError(f"cache kind {kind!r} is {what}; known kinds: {', '.join(known)}"
+                          + did_you_mean(kind, known))
 
     def _publish(
         self,
@@ -415,11 +434,18 @@ def _discard(entry: Path) -> bool:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it, so it is on disk before the entry is published."""
-    with path.open("xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Write a new file and fsync it, so it is on disk before the entry is published.
+
+    A failed write (a full disk) names no file; the error raised here names ``path``."""
+    try:
+        with path.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,5 +1,6 @@
 """Run a validated pipeline: stage order, timing, gates, and an all-or-nothing output folder.
 
+What `--out` may replace is checked first (`pipeline/outdir.py`), before the model loads.
 Outputs are written into a hidden sibling of `--out` and renamed into place only when the run
 completes (gates passed or failed); a crash or an interrupt removes the partial folder and
 leaves an existing `--out` untouched.
@@ -21,6 +22,7 @@ from wanda_export.errors import EXIT_GATE, EXIT_OK
 from wanda_export.model.loading import classify_path, load_model
 from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.report import (
@@ -38,6 +40,7 @@ from wanda_export.report.record import RunRecord, StageRecord
 log = logging.getLogger("wanda_export.pipeline")
 
 PARTIAL_MARK = ".partial-"
+OLD_MARK = ".old-"
 ARTIFACT_DIRS = {CHECKPOINT_DIR: "safetensors-checkpoint", ONNX_DIR: "onnx", "charts": "png"}
 
 
@@ -61,19 +64,31 @@ def _timed(name: str, fn, ctx: RunContext) -> StageRecord:
     return record
 
 
+def _dead_pid(name: str, mark: str) -> bool:
+    """Whether the process named in a `.NAME<mark>PID-XXXX` folder name is gone."""
+    pid = name.rsplit(mark, 1)[1].split("-", 1)[0]
+    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+
 def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete partial folders left by killed runs (their process is gone)."""
+    """Delete partial folders left by killed runs (their process is gone), and put back a
+    previous release that a run killed mid-publish had moved aside (else delete it)."""
     for partial in out_dir.parent.glob(f".{out_dir.name}{PARTIAL_MARK}*"):
-        pid = partial.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if _dead_pid(partial.name, PARTIAL_MARK):
             shutil.rmtree(partial, ignore_errors=True)
+    for old in out_dir.parent.glob(f".{out_dir.name}{OLD_MARK}*"):
+        if _dead_pid(old.name, OLD_MARK):
+            if os.path.lexists(out_dir):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, out_dir)
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder to `out_dir`, replacing an older one."""
+    """Move the finished staging folder to `out_dir`, replacing what `check_out_dir` allowed."""
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        old = out_dir.with_name(f".{out_dir.name}{OLD_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(out_dir, old)
     try:
         os.replace(staging, out_dir)
@@ -101,6 +116,7 @@ def _write_outputs(ctx: RunContext) -> None:
     write_junit(record, staging / "junit.xml")
     write_summary_md(record, staging / "summary.md", charts)
     write_report_json(record, staging / "report.json")
+    write_marker(staging)
 
 
 def run_pipeline(
@@ -110,12 +126,17 @@ def run_pipeline(
     cache: CacheStore | None = None,
     progress: NullProgress | None = None,
     until: str | None = None,
+    force: bool = False,
 ) -> RunRecord:
     """Run the pipeline's stages (up to and including `until`), evaluate the gates, write outputs.
 
-    Returns the run record; `record.exit_code` is 0 when every gate passed and 3 otherwise.
+    `out_dir` must be something a release may replace (`outdir.check_out_dir`; `force` lets a
+    non-empty folder that is not a release go). Returns the run record; `record.exit_code` is 0
+    when every gate passed and 3 otherwise.
     """
-    out_dir = Path(out_dir).resolve()
+    cache = cache or CacheStore()
+    protected = protected_paths(config, cache.root)
+    out_dir = check_out_dir(Path(out_dir), protected, force=force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
     check_against_model(config, model_source(config))
@@ -140,7 +161,7 @@ def run_pipeline(
             "architecture": type(loaded.model).__name__,
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
         }
-        ctx = RunContext(config=config, cache=cache or CacheStore(), staging=staging,
+        ctx = RunContext(config=config, cache=cache, staging=staging,
                          record=record, loaded=loaded, progress=progress or NullProgress())
         if "benchmark" in names:
             ctx.availability = availability
@@ -163,6 +184,7 @@ def run_pipeline(
         record.status = "failed" if failed else "passed"
         record.exit_code = EXIT_GATE if failed else EXIT_OK
         _write_outputs(ctx)
+        check_out_dir(out_dir, protected, force=force)  # nothing moved in while we ran
         _publish(staging, out_dir)
         return record
     except BaseException:
