@@ -3,6 +3,7 @@ and the rule that says which operating-system failures are the environment's (ex
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 from typing import Any
@@ -108,3 +109,9 @@ def disk_failure(error: BaseException, where: str) -> str | None:
             if os.strerror(code) in text:
                 return message.format(path=where)
     return None
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """A "; did you mean 'x'?" suffix for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from wanda_export.errors import ConfigError, EnvironmentProblem
+from wanda_export.errors import ConfigError, EnvironmentProblem, did_you_mean
 from wanda_export.model.default import cache_root
 
 FORMAT_VERSION = 1
@@ -195,8 +195,6 @@ class CacheStore:
 
     def _check_known_kind(self, kind: str) -> None:
         """Refuse (ConfigError) a kind the user named that is malformed or unknown."""
-        from wanda_export.config.models import did_you_mean  # config imports the cache
-
         known = self.kinds()
         if _KIND.fullmatch(kind) and kind in known:
             return

@@ -5,7 +5,6 @@ each with its own location, "did you mean" suggestions, values described as YAML
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from typing import Annotated, Any
@@ -39,17 +38,13 @@ def rules_error(problems: list[dict[str, Any]]) -> PydanticCustomError:
     return PydanticCustomError(RULES_ERROR, "{summary}", {"summary": summary, "problems": problems})
 
 
-def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    """A "; did you mean 'x'?" suffix for the closest choice, or "" when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
 def _fspath(value: Any) -> Any:
     """Accept a `Path` where a path string is expected (for configs built in Python)."""
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 PathText = Annotated[str | None, BeforeValidator(_fspath)]
+
 
 def yaml_kind(value: Any) -> str:
     """The YAML word for a value's type, for messages."""
@@ -81,11 +76,13 @@ def describe_value(value: Any) -> str:
         f"a {yaml_kind(value)}" if isinstance(value, (dict, list)) else f"a {type(value).__name__}"
     )
 
+
 class StrictModel(BaseModel):
     """Base of every section: unknown keys are errors, values are not coerced, and a number
     must be finite (.nan and .inf are refused everywhere)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
 
 def only_with(fields: BaseModel, keys: tuple[str, ...], condition: bool, owner: str) -> list[dict]:
     """Problems for each of `keys` given a non-default value although `condition` (its owner)

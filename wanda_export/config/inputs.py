@@ -37,6 +37,7 @@ def resolve_data_path(path: str, base_dir: Path) -> str:
     first_magic = next((i for i, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
     return str(Path(*parts[:first_magic]).resolve().joinpath(*parts[first_magic:]))
 
+
 class ModelConfig(StrictModel):
     """Which model to prune; no `path` means the embedded offline default model."""
 

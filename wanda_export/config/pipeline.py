@@ -22,7 +22,6 @@ from wanda_export.config.base import (
     StrictModel,
     custom_error,
     describe_value,
-    did_you_mean,
     rules_error,
 )
 from wanda_export.config.gates import GatesConfig
@@ -30,6 +29,7 @@ from wanda_export.config.inputs import DataConfig, ModelConfig, resolve_data_pat
 from wanda_export.config.pipeline_rules import pipeline_problems
 from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.config.stages import STAGE_MODELS, STAGE_ORDER, StageEntry
+from wanda_export.errors import did_you_mean
 
 
 def _exact_version(value: Any) -> Any:

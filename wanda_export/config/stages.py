@@ -21,7 +21,6 @@ from wanda_export.bench.shapes import parse_shape
 from wanda_export.config.base import (
     StrictModel,
     custom_error,
-    did_you_mean,
     only_with,
     problem,
     rules_error,
@@ -39,6 +38,7 @@ from wanda_export.config.limits import (
     MAX_SEQLEN,
     MAX_THREADS,
 )
+from wanda_export.errors import did_you_mean
 from wanda_export.sparsity.pattern import parse_pattern
 
 Mode = Literal["sequential", "dense"]
@@ -297,7 +297,6 @@ class _StageItem(StrictModel):
         return getattr(self, self.name)
 
 
-
 STAGE_MODELS: dict[str, type[StrictModel]] = {
     "calibrate": CalibrateStage,
     "score": ScoreStage,
@@ -309,6 +308,7 @@ STAGE_MODELS: dict[str, type[StrictModel]] = {
 }
 """Every stage, in the order a pipeline runs them: the one list of stages."""
 STAGE_ORDER: tuple[str, ...] = tuple(STAGE_MODELS)
+
 
 StageEntry = create_model(
     "StageEntry", __base__=_StageItem, __module__=__name__,
