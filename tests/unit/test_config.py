@@ -269,6 +269,7 @@ def test_relative_paths_resolve_against_the_file_folder(
 
 def test_a_relative_model_dir_resolves_and_a_hub_id_stays(tmp_path: Path) -> None:
     (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "config.json").write_text('{"model_type": "llama"}')
     local = load_config(
         write(tmp_path, "version: 1\nmodel: {path: models/tiny}\nstages: [verify:]\n")
     )
@@ -698,7 +699,7 @@ def test_no_mask_stage_means_nothing_to_check(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_model_config_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="could not read the model config"):
+    with pytest.raises(ConfigError, match="is empty; a transformers checkpoint holds config.json"):
         meta_model(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""Tests for model loading, the default model's GGUF conversion, and model fingerprints."""
+"""Tests for model loading, the default model's GGUF conversion, model fingerprints, and the
+checks that refuse corrupt weights, NaN/Inf logits and non-causal checkpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 
 from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.model import default as default_module
+from wanda_export.model.checkpoint import causal_lm_problem
 from wanda_export.model.default import cache_root, convert_gguf, default_gguf_path, is_complete
 from wanda_export.model.fingerprint import clear_fingerprint_cache, model_fingerprint
 from wanda_export.model.loading import load_model
@@ -62,7 +65,7 @@ def test_pickle_only_dir_needs_allow_pickle(tiny_model_dir: Callable[[str], Path
 
     with pytest.raises(ConfigError, match="pickle") as caught:
         load_model(str(directory), device="cpu")
-    assert "allow-pickle" in (caught.value.hint or "")
+    assert "model: {allow_pickle: true}" in (caught.value.hint or "")
 
     loaded = load_model(str(directory), device="cpu", allow_pickle=True)
     assert torch.equal(_logits(loaded), _logits(reference))
@@ -276,9 +279,170 @@ def test_file_hash_is_memoised_on_disk_and_follows_changes(tmp_path, monkeypatch
     first = fingerprint.file_sha256(weights)
     assert first == hashlib.sha256(b"abc" * 1000).hexdigest()
     (memo,) = (tmp_path / "cache" / "fingerprints").iterdir()
-    assert memo.read_text() == first
-    memo.write_text("f" * 64)  # prove the next process-fresh lookup reads the memo
+    record = json.loads(memo.read_text())
+    assert record["sha256"] == first and record["path"] == str(weights.resolve())
+    memo.write_text(json.dumps({**record, "sha256": "f" * 64}))  # the memo is what is read
     fingerprint.clear_fingerprint_cache()
     assert fingerprint.file_sha256(weights) == "f" * 64
     weights.write_bytes(b"abd" * 1000)  # new size/mtime: a new memo key, a real hash
     assert fingerprint.file_sha256(weights) == hashlib.sha256(b"abd" * 1000).hexdigest()
+
+
+@pytest.mark.parametrize("tamper", ["other file's record", "bare hash", "not json"])
+def test_memo_of_another_file_is_dropped(tmp_path, monkeypatch, tamper: str):
+    from wanda_export.model import fingerprint
+
+    monkeypatch.setenv("WANDA_EXPORT_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    first.write_bytes(b"first model")
+    second.write_bytes(b"other model")
+    memos = tmp_path / "cache" / "fingerprints"
+    first_hash = fingerprint.file_sha256(first)
+    (first_memo,) = memos.iterdir()
+    fingerprint.file_sha256(second)
+    (second_memo,) = set(memos.iterdir()) - {first_memo}
+    fingerprint.clear_fingerprint_cache()
+    planted = {"other file's record": first_memo.read_text(), "bare hash": first_hash,
+               "not json": "{"}[tamper]
+    second_memo.write_text(planted)
+
+    assert fingerprint.file_sha256(second) == hashlib.sha256(b"other model").hexdigest()
+    assert json.loads(second_memo.read_text())["path"] == str(second.resolve())  # rewritten
+
+
+def test_file_rewritten_with_its_old_mtime_is_rehashed(tmp_path, monkeypatch):
+    from wanda_export.model import fingerprint
+
+    monkeypatch.setenv("WANDA_EXPORT_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"first model")
+    before = weights.stat()
+    assert fingerprint.file_sha256(weights) == hashlib.sha256(b"first model").hexdigest()
+    fingerprint.clear_fingerprint_cache()
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick, so the ctime moves
+    with weights.open("r+b") as handle:  # same path, inode and size
+        handle.write(b"other model")
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
+    after = weights.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    assert fingerprint.file_sha256(weights) == hashlib.sha256(b"other model").hexdigest()
+
+
+@pytest.mark.parametrize(("model_type", "architectures", "auto_map", "problem"), [
+    ("llama", ["LlamaForCausalLM"], None, None),
+    ("llama", ["LLaMAForCausalLM"], None, None),  # an old spelling, still a causal LM
+    ("llama", None, None, None),
+    ("bert", ["BertLMHeadModel"], None, None),
+    ("bert", ["BertModel"], None, "architecture BertModel is not a causal language model"),
+    ("t5", None, None, "model_type 't5' has no causal language model"),
+    ("frobnitz", ["FrobForCausalLM"], None, "model_type 'frobnitz' is not known"),
+    ("frobnitz", None, {"AutoModelForCausalLM": "modeling.Frob"}, None),
+    ("frobnitz", None, {"AutoModel": "modeling.Frob"}, "auto_map names no AutoModelForCausalLM"),
+])
+def test_causal_lm_problem(model_type, architectures, auto_map, problem):
+    found = causal_lm_problem(model_type, architectures, auto_map)
+    assert found == problem if problem is None else problem in found
+
+
+def test_first_non_finite_names_the_first_bad_tensor_across_chunks(monkeypatch):
+    from wanda_export.model import checkpoint
+
+    monkeypatch.setattr(checkpoint, "FINITE_CHUNK", 4)
+    good, bad = torch.ones(10), torch.ones(10)
+    bad[9] = float("inf")  # in the last, partial chunk
+    assert checkpoint.first_non_finite([("a", good), ("ids", torch.arange(3))]) is None
+    assert checkpoint.first_non_finite([("a", good), ("b", bad), ("c", bad * 0)]) == "b"
+    assert checkpoint.first_non_finite([("c", torch.tensor([float("nan")]))]) == "c"
+
+
+class _FixedLogits(torch.nn.Module):
+    """A "model" whose logits are one given row at every position."""
+
+    def __init__(self, row: torch.Tensor) -> None:
+        super().__init__()
+        self.row = torch.nn.Parameter(row)
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
+        logits = self.row.expand(*input_ids.shape, -1)
+        return type("Output", (), {"logits": logits})
+
+
+@pytest.mark.parametrize(("row", "phrase"), [
+    ([0.0, float("nan"), 0.0], "logits are NaN or Inf on evaluation windows 0..1"),
+    ([0.0, float("inf"), 0.0], "logits are NaN or Inf"),
+    ([0.0, 1e30, -1e30], "perplexity overflows"),
+])
+def test_perplexity_refuses_non_finite_or_absurd_logits(row, phrase):
+    from wanda_export.evaluate.perplexity import perplexity
+
+    windows = torch.tensor([[0, 2, 0, 2], [2, 2, 0, 0]])  # targets avoid the huge logit
+    with pytest.raises(ConfigError, match=phrase) as caught:
+        perplexity(_FixedLogits(torch.tensor(row)), windows)
+    assert "model: {dtype: float32}" in caught.value.hint
+
+
+def test_calibration_statistics_holding_inf_are_refused_by_layer():
+    from wanda_export.calibrate.stats import ChannelStats, check_finite_stats
+
+    fine = ChannelStats(sumsq=torch.ones(3), tokens=2, xtx=torch.eye(3))
+    overflowed = ChannelStats(sumsq=torch.ones(3), tokens=2, xtx=torch.full((3, 3), torch.inf))
+    check_finite_stats({"layers.0.q": fine})
+    with pytest.raises(ConfigError, match="entering layers.1.q are NaN or Inf"):
+        check_finite_stats({"layers.0.q": fine, "layers.1.q": overflowed})
+
+
+def test_hub_load_errors_map_to_environment_or_config(monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    from wanda_export.model.hub import load_error
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = load_error("org/name", None, "HF_HUB_OFFLINE is set", OSError("not cached"))
+    assert isinstance(offline, EnvironmentProblem) and "HF_HUB_OFFLINE" in offline.hint
+    full = OSError(errno.ENOSPC, "No space left on device")
+    wrapped = OSError("download failed")
+    wrapped.__cause__ = full
+    assert isinstance(load_error("org/name", None, None, wrapped), EnvironmentProblem)
+    plain = load_error("org/name", None, None, OSError("org/name has no model.safetensors"))
+    assert isinstance(plain, ConfigError) and "has no model.safetensors" in str(plain)
+
+
+def test_hub_probe_timeout_honours_hf_hub_etag_timeout(monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    from wanda_export.model.hub import PROBE_TIMEOUT_S, probe_timeout
+
+    assert probe_timeout() == PROBE_TIMEOUT_S
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+    assert probe_timeout() == 2.0
+
+
+def test_tied_and_untied_checkpoints_load_with_nothing_missing(tiny_model_dir, tmp_path):
+    """Tied LM heads are absent from the file by design and must not be taken for holes."""
+    from transformers import AutoModelForCausalLM
+
+    from wanda_export.model.checkpoint import check_loading_info
+
+    for family in ("gpt2", "llama"):  # tied, untied
+        model, info = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family),
+                                                           output_loading_info=True)
+        check_loading_info(info, family, type(model).__name__)
+    with pytest.raises(ConfigError, match=r"lack 2 tensor\(s\).*\(a, b\)"):
+        check_loading_info({"missing_keys": {"b", "a"}}, "dir", "LlamaForCausalLM")
+
+
+def test_the_hub_is_asked_once_per_run_and_never_offline(monkeypatch: pytest.MonkeyPatch):
+    from wanda_export.model import hub
+
+    asked: list[str] = []
+    monkeypatch.setattr(hub, "_answers", {})
+    monkeypatch.setattr(hub, "_probe", lambda repo, revision: asked.append(repo) or "no answer")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert hub.unreachable_reason("org/name", None) == "no answer"
+    assert hub.unreachable_reason("org/name", None) == "no answer"
+    assert asked == ["org/name"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.unreachable_reason("org/other", None) == "HF_HUB_OFFLINE is set"
+    assert asked == ["org/name"]

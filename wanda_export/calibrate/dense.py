@@ -11,7 +11,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from wanda_export.calibrate.stats import ChannelStats, collecting, empty_stats
+from wanda_export.calibrate.stats import (
+    ChannelStats,
+    check_finite_stats,
+    collecting,
+    empty_stats,
+)
 from wanda_export.model.layers import Target
 
 
@@ -44,4 +49,5 @@ def collect_dense(
             model(input_ids=batch, use_cache=False, **extra)
             if on_batch:
                 on_batch(batch.shape[0])
+    check_finite_stats(stats)
     return stats

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from wanda_export.calibrate.stats import ChannelStats, collecting, empty_stats
+from wanda_export.calibrate.stats import (
+    ChannelStats,
+    check_finite_stats,
+    collecting,
+    empty_stats,
+)
 from wanda_export.model.layers import Target, find_decoder_layers
 
 
@@ -116,6 +121,7 @@ def calibrate_sequential(
         stats = empty_stats(layer_targets, hessian)
         if layer_targets:
             _stats_pass(layer, batches, layer_targets, stats)
+            check_finite_stats(stats)
             prune_layer(index, stats)
             all_stats.update(stats)
         if index < len(layers) - 1:  # the last layer's outputs feed nothing we calibrate

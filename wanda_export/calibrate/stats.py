@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from wanda_export.errors import ConfigError
+from wanda_export.model.checkpoint import NON_FINITE_HINT
 from wanda_export.model.layers import Target
 
 # Sums of squares over tens of thousands of tokens: float32 even for fp16/bf16 models.
@@ -58,6 +60,16 @@ class SharedProducts:
         if inputs is not self._input:
             self._input, self._product = inputs, flat.T @ flat
         return self._product
+
+
+def check_finite_stats(stats: dict[str, ChannelStats]) -> None:
+    """Refuse statistics holding NaN or Inf (the activations overflowed), naming the layer:
+    scores computed from them would prune at random."""
+    for name, entry in stats.items():
+        parts = [entry.sumsq] if entry.xtx is None else [entry.sumsq, entry.xtx]
+        if not all(bool(torch.isfinite(part).all()) for part in parts):
+            raise ConfigError(f"the calibration activations entering {name} are NaN or Inf",
+                              hint=NON_FINITE_HINT)
 
 
 def empty_stats(targets: list[Target], hessian: bool = False) -> dict[str, ChannelStats]:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from wanda_export.config.loader import Problem, config_error
 from wanda_export.config.pipeline import PipelineConfig
-from wanda_export.errors import ConfigError
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
@@ -22,25 +21,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 _LISTED = 6
-
-
-def _pretrained_config(
-    source: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
-) -> PretrainedConfig:
-    """The transformers config of a checkpoint directory, a .gguf file or a hub id."""
-    from transformers import AutoConfig
-
-    path = Path(source).expanduser()
-    try:
-        if path.is_dir():
-            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        return AutoConfig.from_pretrained(
-            str(source), revision=revision, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"could not read the model config of {source}: {error}") from error
 
 
 def meta_model(
@@ -54,12 +34,15 @@ def meta_model(
     import torch
     from transformers import AutoModelForCausalLM, PretrainedConfig
 
+    from wanda_export.model.loading import loading_errors, pretrained_config
+
     config = (
         source
         if isinstance(source, PretrainedConfig)
-        else _pretrained_config(source, trust_remote_code=trust_remote_code, revision=revision)
+        else pretrained_config(source, trust_remote_code=trust_remote_code, revision=revision)
     )
-    with torch.device("meta"):
+    where = f"the model of {config.name_or_path or config.model_type}"
+    with torch.device("meta"), loading_errors(where, trust_remote_code):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 

@@ -1,14 +1,18 @@
 """Model fingerprints: a stable identity for the weights a run started from.
 
 A local checkpoint is identified by the sha256 of its weight files, a hub model by its commit.
-File hashes are memoised per (path, inode, size, mtime), in-process and on disk under
-`<cache root>/fingerprints/` (as dvc's state does), so a 14 GB checkpoint is hashed once, not
-on every run. Like make and dvc, this trusts that a file rewritten in place changes its mtime.
+File hashes are memoised per file identity (path, device, inode, size, mtime, ctime), in-process
+and on disk under `<cache root>/fingerprints/` (as dvc's state does), so a 14 GB checkpoint is
+hashed once, not on every run. Each on-disk memo records the identity it was made for and is
+dropped when it does not match, so an overwritten memo cannot lend one model another's hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,30 +23,64 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _CHUNK = 1 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_file_hashes: dict[tuple[str, int, int], str] = {}
+MEMO_FIELD = "sha256"
+_file_hashes: dict[tuple[int | str, ...], str] = {}
+log = logging.getLogger(__name__)
 
 
-def _memo_path(resolved: Path, stat: os.stat_result) -> Path:
+def _identity(resolved: Path, stat: os.stat_result) -> dict[str, int | str]:
+    """What a memo is valid for: the path and the file behind it, as stat() sees it now.
+
+    ctime cannot be set from user space, so a file replaced by another with the same size and
+    a copied mtime (or a reused inode) still gets a new identity.
+    """
+    return {"path": str(resolved), "device": stat.st_dev, "inode": stat.st_ino,
+            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+
+
+def _memo_path(identity: dict[str, int | str]) -> Path:
     from wanda_export.model.default import cache_root
 
-    record = f"{resolved}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    record = json.dumps(identity, sort_keys=True)
     return cache_root() / "fingerprints" / hashlib.sha256(record.encode()).hexdigest()
 
 
+def _read_memo(memo: Path, identity: dict[str, int | str]) -> str | None:
+    """The sha256 a memo stores, if it is a record of exactly this file; else drop the memo.
+
+    A memo copied or written over from another file carries that file's identity and is
+    removed, so it can never attach one model's cache entries to another.
+    """
+    try:
+        record = json.loads(memo.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if (isinstance(record, dict) and _SHA256.fullmatch(str(record.get(MEMO_FIELD, "")))
+            and {k: record.get(k) for k in identity} == identity):
+        return record[MEMO_FIELD]
+    log.warning("ignoring fingerprint memo %s: it does not describe %s", memo, identity["path"])
+    with contextlib.suppress(OSError):
+        memo.unlink()
+    return None
+
+
 def file_sha256(path: str | Path) -> str:
-    """Return the hex sha256 of a file, streamed in 1 MiB chunks and memoised per stat."""
+    """Return the hex sha256 of a file, streamed in 1 MiB chunks and memoised per file identity.
+
+    The memo (in-process and on disk) is keyed by path, device, inode, size, mtime and ctime,
+    and the on-disk record repeats them: one that does not match the file is not used.
+    """
     resolved = Path(path).resolve()
-    stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    identity = _identity(resolved, resolved.stat())
+    key = tuple(identity.values())
     cached = _file_hashes.get(key)
     if cached is not None:
         return cached
-    memo = _memo_path(resolved, stat)
-    try:
-        stored = memo.read_text().strip()
-    except OSError:
-        stored = ""
-    if _SHA256.fullmatch(stored):
+    memo = _memo_path(identity)
+    stored = _read_memo(memo, identity)
+    if stored is not None:
         _file_hashes[key] = stored
         return stored
     digest = hashlib.sha256()
@@ -53,7 +91,7 @@ def file_sha256(path: str | Path) -> str:
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         temporary = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        temporary.write_text(_file_hashes[key])
+        temporary.write_text(json.dumps({**identity, MEMO_FIELD: _file_hashes[key]}))
         os.replace(temporary, memo)
     except OSError:  # a read-only cache only costs a rehash next time
         pass

@@ -88,6 +88,7 @@ def find_targets(
             targets.append(Target(name=name, module=module, layer_index=index))
     if not targets:
         raise ValueError(
-            f"no linear layer matched include={include or ['<decoder layers>']} exclude={exclude or []}"
+            f"no linear layer matched include={include or ['<decoder layers>']} "
+            f"exclude={exclude or []}"
         )
     return targets

@@ -1,25 +1,37 @@
-"""Loading a causal LM and its tokenizer from the default model, a directory, a GGUF file or the hub.
+"""Loading a causal LM and its tokenizer: the default model, a directory, a GGUF file or the hub.
 
 This module owns the rules for what a model path means, which weight formats are accepted
 (safetensors always, pickle only when allowed), dtype and device resolution, and the mapping of
-loader failures onto ConfigError / EnvironmentProblem.
+loader failures onto ConfigError / EnvironmentProblem. What makes a checkpoint acceptable is in
+checkpoint.py, reaching the hub in hub.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from wanda_export.errors import ConfigError, EnvironmentProblem
+from wanda_export.errors import ConfigError, EnvironmentProblem, WandaExportError
+from wanda_export.model.checkpoint import (
+    causal_lm_problem,
+    check_finite_weights,
+    check_gguf,
+    check_loading_info,
+    check_safetensors_headers,
+    first_line,
+    read_config_json,
+)
 from wanda_export.model.fingerprint import model_fingerprint
+from wanda_export.model.hub import load_error, unreachable_reason
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 ModelKind = Literal["default", "dir", "gguf", "hub"]
 
@@ -65,7 +77,8 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise EnvironmentProblem(
                 f"device {device!r} was requested but no CUDA GPU is available",
-                hint="use --device cpu (or auto), or install a CUDA build of torch",
+                hint="set model: {device: cpu} (or auto) in the pipeline file, or install a "
+                "CUDA build of torch",
             )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise EnvironmentProblem(
@@ -77,14 +90,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def classify_path(path: str | None) -> tuple[ModelKind, str]:
-    """Decide what a model argument names; return its kind and the resolved source string."""
+    """Decide what a model argument names; return its kind and the resolved source string.
+
+    A directory must be a causal-LM checkpoint by its config.json (read_config_json), so that
+    `validate` refuses an empty folder, a broken config.json or an encoder model up front.
+    """
     if path is None:
         return "default", ""
     if not path.strip():
         raise ConfigError("the model path is empty", hint="omit it to use the default model")
     local = Path(path).expanduser()
     if local.is_dir():
-        return "dir", str(local.resolve())
+        directory = local.resolve()
+        read_config_json(directory)
+        return "dir", str(directory)
     if local.is_file():
         if local.suffix.lower() == ".gguf":
             return "gguf", str(local.resolve())
@@ -98,6 +117,84 @@ def classify_path(path: str | None) -> tuple[ModelKind, str]:
         f"model path {path!r} does not exist",
         hint="pass an existing checkpoint directory, a .gguf file or a hub id (org/name)",
     )
+
+
+def _mapped(error: Exception, where: str, trust_remote_code: bool) -> Exception | None:
+    """The ConfigError / EnvironmentProblem for an exception from a transformers load.
+
+    None for one to re-raise as it is: out of memory (the CLI maps it), our own errors, and an
+    unexpected exception from transformers' own code (a bug). With trust_remote_code the
+    checkpoint's Python code ran too, so any exception from it is the checkpoint's fault.
+    """
+    from safetensors import SafetensorError
+
+    if isinstance(error, (WandaExportError, torch.OutOfMemoryError)):
+        return None
+    if isinstance(error, ImportError):
+        return EnvironmentProblem(f"loading {where} needs a package that is not installed: "
+                                  f"{first_line(error)}")
+    if isinstance(error, (OSError, ValueError, KeyError, RuntimeError, SafetensorError)):
+        return ConfigError(f"could not load {where}: {first_line(error)}")
+    if trust_remote_code:
+        return ConfigError(
+            f"the checkpoint's own code (trust_remote_code) failed while loading {where}: "
+            f"{type(error).__name__}: {first_line(error)}",
+            hint="fix its modeling files, or set model: {trust_remote_code: false}",
+        )
+    return None
+
+
+@contextmanager
+def loading_errors(
+    where: str, trust_remote_code: bool, hub: tuple[str, str | None, str | None] | None = None
+) -> Iterator[None]:
+    """Turn a failure of the transformers load inside the block into a one-line ConfigError or
+    EnvironmentProblem naming `where`; an OSError of a hub load (`hub` = repo id, revision,
+    why the hub was not asked) is mapped by hub.load_error."""
+    try:
+        yield
+    except Exception as error:
+        if hub is not None and isinstance(error, OSError):
+            raise load_error(*hub, error) from error
+        mapped = _mapped(error, where, trust_remote_code)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+def pretrained_config(
+    source: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
+) -> PretrainedConfig:
+    """The transformers config of a checkpoint directory, a .gguf file or a hub id.
+
+    Every failure is a ConfigError naming the source (or an EnvironmentProblem for an
+    unreachable hub), and a config that is not a causal LM is refused, so rule checks on the
+    meta device never die with a traceback.
+    """
+    from transformers import AutoConfig
+
+    path = Path(source).expanduser()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    hub = None
+    if path.is_dir():
+        read_config_json(path)
+        target, where = str(path), f"the config of {path}"
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        check_gguf(path)
+        target, where = str(path.parent), f"the GGUF file {path}"
+        kwargs = {"gguf_file": path.name}
+    else:
+        target, where = str(source), f"the config of hub model {source!r}"
+        reason = unreachable_reason(target, revision)
+        hub = (target, revision, reason)
+        kwargs |= {"revision": revision, "local_files_only": reason is not None}
+    with loading_errors(where, trust_remote_code, hub):
+        config = AutoConfig.from_pretrained(target, **kwargs)
+    problem = causal_lm_problem(config.model_type, config.architectures,
+                                getattr(config, "auto_map", None))
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return config
 
 
 def strip_quantizer(model: PreTrainedModel) -> None:
@@ -124,16 +221,17 @@ def load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrain
     """Load a .gguf file with transformers, dequantized to plain ``dtype`` weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
+    check_gguf(path)
+    with loading_errors(f"the GGUF file {path}", trust_remote_code=False):
+        model, info = AutoModelForCausalLM.from_pretrained(
             path.parent,
             gguf_file=path.name,
             dtype=dtype,
             quantization_config=GgufConfig(dequantize=True),
+            output_loading_info=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"could not load GGUF file {path}: {error}") from error
+    check_loading_info(info, str(path), type(model).__name__)
     strip_quantizer(model)
     return model, tokenizer
 
@@ -144,9 +242,8 @@ def _load_dir(
     """Load a local checkpoint directory, refusing pickle-only weights unless allowed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    read_config_json(directory)
     names = [p.name for p in directory.iterdir() if p.is_file()]
-    if "config.json" not in names:
-        raise ConfigError(f"{directory} has no config.json; it is not a transformers checkpoint")
     has_safetensors = any(n.endswith(".safetensors") for n in names)
     has_pickle = any(n.endswith(PICKLE_SUFFIXES) for n in names)
     if not has_safetensors and not has_pickle:
@@ -154,35 +251,22 @@ def _load_dir(
     if not has_safetensors and not allow_pickle:
         raise ConfigError(
             f"{directory} only holds pickle weights (*.bin / *.pt), which can run arbitrary code",
-            hint="convert them to safetensors, or pass --allow-pickle if you trust the files",
+            hint="convert them to safetensors, or set model: {allow_pickle: true} in the "
+            "pipeline file if you trust the files",
         )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
+    check_safetensors_headers(directory)
+    with loading_errors(f"the model in {directory}", trust_remote_code):
+        model, info = AutoModelForCausalLM.from_pretrained(
             directory,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=has_safetensors,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in `info`, then refused by name
         )
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"could not load the model in {directory}: {error}") from error
+    check_loading_info(info, str(directory), type(model).__name__)
     return model, tokenizer
-
-
-def _hub_error(repo_id: str, error: Exception) -> Exception:
-    """Map a hub failure to ConfigError (no such repo/revision) or EnvironmentProblem."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, (RepositoryNotFoundError, RevisionNotFoundError)):
-            return ConfigError(f"hub model {repo_id!r} (or its revision) does not exist: {cause}")
-        cause = cause.__cause__ or cause.__context__
-    return EnvironmentProblem(
-        f"could not load {repo_id!r} from the Hugging Face hub or its local cache: {error}",
-        hint="check the network (HF_HUB_OFFLINE must be unset to download), or pass a local "
-        "directory / .gguf file",
-    )
 
 
 def _load_hub(
@@ -192,28 +276,24 @@ def _load_hub(
     allow_pickle: bool,
     revision: str | None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a hub model; only safetensors unless pickle is allowed."""
+    """Load a hub model (only safetensors unless pickle is allowed), failing fast offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    config = pretrained_config(repo_id, trust_remote_code=trust_remote_code, revision=revision)
+    reason = unreachable_reason(repo_id, revision)
     common: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,
-        "local_files_only": _offline(),
+        "local_files_only": reason is not None,
     }
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            repo_id, dtype=dtype, use_safetensors=None if allow_pickle else True, **common
+    with loading_errors(f"hub model {repo_id!r}", trust_remote_code, (repo_id, revision, reason)):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            repo_id, config=config, dtype=dtype, use_safetensors=None if allow_pickle else True,
+            output_loading_info=True, ignore_mismatched_sizes=True, **common
         )
         tokenizer = AutoTokenizer.from_pretrained(repo_id, **common)
-    except OSError as error:
-        raise _hub_error(repo_id, error) from error
+    check_loading_info(info, repo_id, type(model).__name__)
     return model, tokenizer
-
-
-def _offline() -> bool:
-    """Whether the user asked for offline mode, read at call time rather than import time."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def load_model(
@@ -247,6 +327,7 @@ def load_model(
         model, tokenizer = _load_hub(source, torch_dtype, trust_remote_code, allow_pickle, revision)
     model.to(torch_device)
     model.eval()
+    check_finite_weights(model, source)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
