@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from wanda_export.model.default import cache_root, default_model_dir
+from wanda_export.model.default import default_model_dir
+from wanda_export.paths import cache_root
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "sample_configs" / "quickstart.yaml"

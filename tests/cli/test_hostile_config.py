@@ -16,7 +16,8 @@ from hostile import HostileCase, check_case
 
 import wanda_export.cli  # noqa: F401  (imported once here, so no timing below counts it)
 from wanda_export.config.limits import MAX_NSAMPLES
-from wanda_export.config.loader import MAX_PIPELINE_BYTES, MAX_YAML_ALIASES, MAX_YAML_DEPTH
+from wanda_export.config.loader import MAX_PIPELINE_BYTES
+from wanda_export.config.yaml_reader import MAX_YAML_ALIASES, MAX_YAML_DEPTH
 from wanda_export.data.sources import MAX_LINE_CHARS
 
 Setup = Callable[[Path], None]

@@ -65,13 +65,13 @@ def compute():
     return {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "n": torch.tensor([7])}
 
 if mode == "put-slow":
-    real_write = store_mod._write_bytes
+    real_write = store_mod.write_new_file
     def slow_write(path, data):
         if path.name == store_mod.MANIFEST_FILE:
             (work / "writing").write_text(str(path.parent))
             time.sleep(60)
         real_write(path, data)
-    store_mod._write_bytes = slow_write
+    store_mod.write_new_file = slow_write
     CacheStore(root).put("stats", key, compute(), record={"k": 1})
 else:
     name = sys.argv[5]

@@ -30,6 +30,7 @@ from wanda_export.config import (
     loader,
     meta_model,
     parse_config,
+    yaml_reader,
 )
 from wanda_export.config.base import describe_value
 from wanda_export.config.limits import (
@@ -430,22 +431,22 @@ def test_an_alias_bomb_is_refused_before_its_aliases_are_followed(
     error = config_error(alias_bomb(), tmp_path)
     assert time.perf_counter() - started < 1.0
     assert error.exit_code == EXIT_CONFIG
-    assert f"more than {loader.MAX_YAML_NODES:,} values once its aliases" in str(error)
+    assert f"more than {yaml_reader.MAX_YAML_NODES:,} values once its aliases" in str(error)
 
 
 def test_expansion_counts_each_alias_as_the_values_it_repeats() -> None:
     node = yaml.compose("a: &x [1, 2]\nb: *x\nc: [*x, *x]\n", Loader=yaml.SafeLoader)
     # root + 3 keys + 4 copies of [1, 2] (3 values each) + the list holding two of them
-    assert loader.expansion(node) == (1 + 3 + 4 * 3 + 1, 4)
-    assert loader.expansion(yaml.compose("7", Loader=yaml.SafeLoader)) == (1, 1)
+    assert yaml_reader.expansion(node) == (1 + 3 + 4 * 3 + 1, 4)
+    assert yaml_reader.expansion(yaml.compose("7", Loader=yaml.SafeLoader)) == (1, 1)
 
 
 def test_expansion_takes_linear_time_and_stops_at_the_limits() -> None:
     node = yaml.compose(alias_bomb(levels=200, width=2), Loader=yaml.SafeLoader)  # 2**200
     started = time.perf_counter()
-    size, depth = loader.expansion(node)
+    size, depth = yaml_reader.expansion(node)
     assert time.perf_counter() - started < 0.5
-    assert (size, depth) == (loader.MAX_YAML_NODES + 1, loader.MAX_YAML_DEPTH + 1)
+    assert (size, depth) == (yaml_reader.MAX_YAML_NODES + 1, yaml_reader.MAX_YAML_DEPTH + 1)
 
 
 def test_indexing_is_bounded_even_without_the_expansion_check() -> None:
@@ -454,14 +455,14 @@ def test_indexing_is_bounded_even_without_the_expansion_check() -> None:
     started = time.perf_counter()
     loader._index_nodes(node, (), None, locations, [])
     assert time.perf_counter() - started < 1.0
-    assert len(locations.values) == loader.MAX_YAML_NODES
+    assert len(locations.values) == yaml_reader.MAX_YAML_NODES
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("version: 1\nx: &a [1, *a]\nstages: [verify: {}]\n", ":2:4: an alias refers to its own"),
-        ("version: 1\nx: " + "[" * 100 + "]" * 100 + "\n", f"deeper than {loader.MAX_YAML_DEPTH}"),
+        ("version: 1\nx: " + "[" * 100 + "]" * 100 + "\n", f"deeper than {yaml_reader.MAX_YAML_DEPTH}"),
         ("a: &a 1\nb: [" + ", ".join(["*a"] * 1001) + "]\n", "more than 1,000 aliases"),
         ("version: 1\nx: [" + ", ".join(["1"] * 20_001) + "]\n", "more than 20,000 values"),
         ("version: 1\nseed: 1" + "0" * 100 + "\n", ":2:7: invalid YAML: an integer of 101"),

@@ -18,9 +18,10 @@ import torch
 from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.model import default as default_module
 from wanda_export.model.checkpoint import causal_lm_problem
-from wanda_export.model.default import cache_root, convert_gguf, default_gguf_path, is_complete
+from wanda_export.model.default import convert_gguf, default_gguf_path, is_complete
 from wanda_export.model.fingerprint import clear_fingerprint_cache, model_fingerprint
 from wanda_export.model.loading import load_model
+from wanda_export.paths import cache_root
 
 PROMPT = "Hello, sparse world!"
 

@@ -262,7 +262,7 @@ def test_report_json_has_every_contract_field(tmp_path: Path):
         assert {"name", "passed", "value", "threshold"} <= set(gate)
     for artifact in data["artifacts"]:
         assert {"path", "format", "bytes", "sha256"} <= set(artifact)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_report_json_is_deterministic(tmp_path: Path):
@@ -410,7 +410,7 @@ def test_chart_is_written_and_byte_identical(tmp_path: Path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert data == second.read_bytes()
     assert b"Software" not in data
-    assert not list((tmp_path / "charts").glob("*.tmp"))
+    assert not list((tmp_path / "charts").glob(".*.tmp-*"))
 
 
 def test_chart_for_a_big_model(tmp_path: Path):

@@ -1,6 +1,6 @@
 """A content cache of tensor dicts on disk: atomic, locked, checksummed, safe across processes.
 
-Layout under the root (default ``cache_root()``)::
+The entry format is in `entry.py`. Layout under the root (default ``cache_root()``)::
 
     <kind>/<key>.lock                     filelock serialising writers of one key
     <kind>/<key[:2]>/<key>/               a published entry
@@ -24,27 +24,31 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-import torch
 from filelock import FileLock, Timeout
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from wanda_export.atomic import staging_directory
+from wanda_export.cache.entry import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    TENSORS_FILE,
+    CacheEntryInfo,
+    Tensors,
+    entry_info,
+    fsync_dir,
+    read_entry,
+    write_new_file,
+)
 from wanda_export.errors import ConfigError, EnvironmentProblem, did_you_mean
-from wanda_export.model.default import cache_root
+from wanda_export.paths import cache_root
 
-FORMAT_VERSION = 1
-TENSORS_FILE = "tensors.safetensors"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_LOCK_TIMEOUT = 3600.0
 STALE_AFTER_SECONDS = 3600.0
 
@@ -58,19 +62,6 @@ _TEMP_MARKERS = (".tmp-", ".trash-")
 
 log = logging.getLogger("wanda_export.cache")
 
-Tensors = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class CacheEntryInfo:
-    """One published entry, as listed by ``cache ls``."""
-
-    kind: str
-    key: str
-    path: Path
-    bytes: int
-    created: datetime | None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class CacheStore:
@@ -109,7 +100,7 @@ class CacheStore:
         the caller simply recomputes.
         """
         entry = self.entry_dir(kind, key)
-        tensors, problem = _read_entry(entry, kind, key)
+        tensors, problem = read_entry(entry, kind, key)
         if problem is not None:
             log.warning("discarding cache entry %s/%s at %s: %s", kind, key, entry, problem)
             _discard(entry)
@@ -164,7 +155,7 @@ class CacheStore:
         """
         found: list[CacheEntryInfo] = []
         for kind, key, entry in self._entry_dirs(None):
-            info = _entry_info(entry, kind, key)
+            info = entry_info(entry, kind, key)
             if info is not None:
                 found.append(info)
             elif entry.is_dir():  # else it vanished meanwhile (a concurrent clear or discard)
@@ -216,7 +207,7 @@ class CacheStore:
         bucket.mkdir(parents=True, exist_ok=True)
         self._sweep(kind, bucket, only_key=key)
         if final.exists():
-            existing, problem = _read_entry(final, kind, key)
+            existing, problem = read_entry(final, kind, key)
             if existing is not None:
                 return final
             log.warning("replacing cache entry %s/%s at %s: %s", kind, key, final, problem)
@@ -236,12 +227,10 @@ class CacheStore:
             "metadata": dict(metadata or {}),
         }
         manifest_text = json.dumps(manifest, sort_keys=True, indent=2)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=bucket))
-        try:
-            staging.chmod(0o755)  # mkdtemp makes it private; a published entry is a normal dir
-            _write_bytes(staging / TENSORS_FILE, data)
-            _write_bytes(staging / MANIFEST_FILE, manifest_text.encode("utf-8"))
-            _fsync_dir(staging)
+        with staging_directory(final) as staging:
+            write_new_file(staging / TENSORS_FILE, data)
+            write_new_file(staging / MANIFEST_FILE, manifest_text.encode("utf-8"))
+            fsync_dir(staging)
             try:
                 os.replace(staging, final)
             except OSError as error:
@@ -249,10 +238,7 @@ class CacheStore:
                     raise
                 shutil.rmtree(staging, ignore_errors=True)
                 return final
-            _fsync_dir(bucket)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            fsync_dir(bucket)
         return final
 
     def _locked(self, kind: str, key: str) -> _KeyLock:
@@ -336,87 +322,6 @@ def _check_name(kind: str, key: str) -> None:
         raise ValueError(f"cache key must be a sha256 hex digest from cache.keys, got {key!r}")
 
 
-def _read_entry(entry: Path, kind: str, key: str) -> tuple[Tensors | None, str | None]:
-    """Load and verify an entry: (tensors, None), (None, None) on a miss, (None, why) if corrupt.
-
-    The tensors file is read once into memory and the checksum is verified on those very bytes
-    before safetensors parses them, so a concurrent removal cannot slip an unverified file in.
-    An entry that vanishes while being read (removed by another process) is a plain miss.
-    """
-    if not entry.is_dir():
-        return None, None
-    try:
-        manifest_text = (entry / MANIFEST_FILE).read_text(encoding="utf-8")
-        data = (entry / TENSORS_FILE).read_bytes()
-    except FileNotFoundError as error:
-        if not entry.is_dir():
-            return None, None
-        return None, f"missing file {Path(error.filename or '?').name}"
-    except (OSError, UnicodeDecodeError) as error:
-        return None, f"unreadable: {error}"
-    try:
-        manifest = json.loads(manifest_text)
-    except json.JSONDecodeError as error:
-        return None, f"manifest is not valid JSON ({error})"
-    problem = _manifest_problem(manifest, kind, key)
-    if problem is None and manifest["bytes"] != len(data):
-        problem = f"tensors file has {len(data)} bytes, manifest says {manifest['bytes']}"
-    if problem is None and hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        problem = "sha256 of the tensors file does not match the manifest"
-    if problem is not None:
-        return None, problem
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        return None, f"tensors file does not parse: {error}"
-    if len(tensors) != manifest["tensor_count"]:
-        return None, f"{len(tensors)} tensors, manifest says {manifest['tensor_count']}"
-    return tensors, None
-
-
-def _manifest_problem(manifest: Any, kind: str, key: str) -> str | None:
-    """Say what is wrong with a parsed manifest for (kind, key), or None if it is consistent."""
-    if not isinstance(manifest, dict):
-        return "manifest is not a JSON object"
-    if manifest.get("format") != FORMAT_VERSION:
-        return f"manifest format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
-    if manifest.get("kind") != kind or manifest.get("key") != key:
-        return f"manifest is for {manifest.get('kind')!r}/{manifest.get('key')!r}"
-    if not isinstance(manifest.get("sha256"), str):
-        return "manifest has no sha256"
-    for name in ("bytes", "tensor_count"):
-        if not isinstance(manifest.get(name), int):
-            return f"manifest has no integer {name!r}"
-    return None
-
-
-def _entry_info(entry: Path, kind: str, key: str) -> CacheEntryInfo | None:
-    """Describe an entry from its manifest, or None if the manifest is unreadable or mismatched."""
-    try:
-        manifest = json.loads((entry / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if _manifest_problem(manifest, kind, key) is not None:
-        return None
-    try:
-        created: datetime | None = datetime.fromisoformat(manifest.get("created"))
-    except (TypeError, ValueError):
-        created = None
-    metadata = manifest.get("metadata")
-    try:
-        size = sum(path.stat().st_size for path in entry.iterdir() if path.is_file())
-    except OSError:
-        return None
-    return CacheEntryInfo(
-        kind=kind,
-        key=key,
-        path=entry,
-        bytes=size,
-        created=created,
-        metadata=metadata if isinstance(metadata, dict) else {},
-    )
-
-
 def _discard(entry: Path) -> bool:
     """Remove an entry: rename it away first (one atomic step), then delete it.
 
@@ -429,30 +334,6 @@ def _discard(entry: Path) -> bool:
         return False
     shutil.rmtree(trash, ignore_errors=True)
     return True
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it, so it is on disk before the entry is published.
-
-    A failed write (a full disk) names no file; the error raised here names ``path``."""
-    try:
-        with path.open("xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        if error.filename is not None:
-            raise
-        raise OSError(error.errno, error.strerror, str(path)) from error
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Fsync a directory so the names created or renamed in it survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _subdirs(directory: Path, hidden: bool = False) -> list[Path]:

@@ -32,16 +32,20 @@ from pydantic import ValidationError
 from wanda_export.config.base import CONFIG_ERROR, RULES_ERROR, Loc, describe_value
 from wanda_export.config.inputs import ModelConfig, resolve_data_path
 from wanda_export.config.pipeline import PipelineConfig, unknown_key_message
+from wanda_export.config.yaml_reader import (
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    BoundedLoader,
+    LimitError,
+    depth_message,
+    expansion,
+    size_message,
+)
 from wanda_export.errors import ConfigError
 
 # Limits on a pipeline file: real ones are a few kilobytes with fewer than 1,000 values, a
 # handful of aliases and about 5 levels of nesting.
 MAX_PIPELINE_BYTES = 1 << 20
-MAX_YAML_NODES = 20_000  # values (scalars, lists, mappings) once every alias is expanded
-MAX_YAML_ALIASES = 1_000  # uses of an anchor (`*name`)
-MAX_YAML_DEPTH = 64  # nesting levels, aliases followed
-MAX_INTEGER_DIGITS = 100  # no setting takes a longer integer
-_YAML_TAGS = "tag:yaml.org,2002:"
 _PLAIN_MESSAGES = {
     "model_type": "expected a mapping",
     "model_attributes_type": "expected a mapping",
@@ -194,135 +198,24 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> Pipe
     return config
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """The safe loader (plain values only), refusing while it composes a document that nests
-    deeper than MAX_YAML_DEPTH, holds more than MAX_YAML_NODES values or MAX_YAML_ALIASES
-    aliases, and, while it constructs, a tag, an over-long integer or an unreadable value."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.depth = self.nodes = self.aliases = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_YAML_ALIASES:
-                raise _LimitError(_alias_message(), event.start_mark)
-            return super().compose_node(parent, index)
-        self.nodes += 1
-        if self.nodes > MAX_YAML_NODES:
-            raise _LimitError(_size_message(), event.start_mark)
-        if self.depth >= MAX_YAML_DEPTH:
-            raise _LimitError(_depth_message(), event.start_mark)
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date 2024-13-45
-            shown = describe_value(node.value) if isinstance(node, yaml.ScalarNode) else "value"
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {shown}: {exc}", node.start_mark) from None
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        if len(node.value) > MAX_INTEGER_DIGITS:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"an integer of {len(node.value):,} characters, longer than any "
-                f"setting takes (at most {MAX_INTEGER_DIGITS})", node.start_mark)
-        return super().construct_yaml_int(node)
-
-    def construct_undefined(self, node: yaml.Node) -> Any:
-        tag = node.tag.replace(_YAML_TAGS, "!!", 1)
-        raise yaml.constructor.ConstructorError(
-            None, None, f"the tag {tag} is not allowed: a pipeline file holds plain values "
-            "(mappings, lists, strings, numbers, true/false, null), never Python objects",
-            node.start_mark)
-
-
-_BoundedLoader.add_constructor(f"{_YAML_TAGS}int", _BoundedLoader.construct_yaml_int)
-_BoundedLoader.add_constructor(None, _BoundedLoader.construct_undefined)
-
-
-class _LimitError(Exception):
-    """A document over one of the YAML limits, at the mark where the limit was passed."""
-
-    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
-        super().__init__(message)
-        self.message, self.mark = message, mark
-
-
-def _alias_message() -> str:
-    return (f"more than {MAX_YAML_ALIASES:,} aliases (*name); a pipeline file needs a "
-            "handful at most")
-
-
-def _size_message() -> str:
-    return (f"the document holds more than {MAX_YAML_NODES:,} values once its aliases (*name) "
-            "are expanded; a pipeline file has fewer than 1,000")
-
-
-def _depth_message() -> str:
-    return f"the document nests deeper than {MAX_YAML_DEPTH} levels (aliases followed)"
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def expansion(root: yaml.Node) -> tuple[int, int]:
-    """(values, depth) of a composed document once every alias is expanded, each capped just
-    past its limit. Each node object is visited once (memoised), so the time is linear in the
-    file however many times its aliases multiply; an alias inside its own anchor raises
-    `_LimitError`."""
-    cap_size, cap_depth = MAX_YAML_NODES + 1, MAX_YAML_DEPTH + 1
-    done: dict[int, tuple[int, int]] = {}
-    open_nodes: set[int] = set()  # started, not finished: the current path from the root
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            kids = [done[id(child)] for child in _children(node)]
-            done[key] = (min(cap_size, 1 + sum(size for size, _ in kids)),
-                         min(cap_depth, 1 + max((depth for _, depth in kids), default=0)))
-            open_nodes.discard(key)
-            continue
-        if key in done:
-            continue
-        if key in open_nodes:
-            raise _LimitError("an alias refers to its own anchor (a recursive alias), which "
-                              "would expand forever", node.start_mark)
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node) if id(child) not in done)
-    return done[id(root)]
-
-
 def _read_yaml(text: str, source: str) -> tuple[Any, Any, list[Problem], Locations]:
     """Compose the YAML safely, refuse it over the limits, then index and construct it; return
     the root node, the data, the duplicate key problems and the node positions. A syntax error
     or a passed limit raises at once."""
     loader = None
     try:
-        loader = _BoundedLoader(text)
+        loader = BoundedLoader(text)
         node = loader.get_single_node()
         locations, problems = Locations(), []
         if node is not None:
             size, depth = expansion(node)
             if size > MAX_YAML_NODES:
-                raise _LimitError(_size_message(), None)
+                raise LimitError(size_message(), None)
             if depth > MAX_YAML_DEPTH:
-                raise _LimitError(_depth_message(), None)
+                raise LimitError(depth_message(), None)
             _index_nodes(node, (), None, locations, problems)
         data = loader.construct_document(node) if node is not None else None
-    except _LimitError as exc:
+    except LimitError as exc:
         raise config_error(source, [Problem((), exc.message, position=_mark(exc.mark))]) from None
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(source, exc) from None

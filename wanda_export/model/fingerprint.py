@@ -17,7 +17,9 @@ import os
 import re
 from pathlib import Path
 
+from wanda_export.atomic import atomic_write_bytes
 from wanda_export.errors import ConfigError
+from wanda_export.paths import cache_root
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _CHUNK = 1 << 20
@@ -39,8 +41,6 @@ def _identity(resolved: Path, stat: os.stat_result) -> dict[str, int | str]:
 
 
 def _memo_path(identity: dict[str, int | str]) -> Path:
-    from wanda_export.model.default import cache_root
-
     record = json.dumps(identity, sort_keys=True)
     return cache_root() / "fingerprints" / hashlib.sha256(record.encode()).hexdigest()
 
@@ -89,10 +89,7 @@ def file_sha256(path: str | Path) -> str:
             digest.update(chunk)
     _file_hashes[key] = digest.hexdigest()
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        temporary = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({**identity, MEMO_FIELD: _file_hashes[key]}))
-        os.replace(temporary, memo)
+        atomic_write_bytes(memo, json.dumps({**identity, MEMO_FIELD: _file_hashes[key]}).encode())
     except OSError:  # a read-only cache only costs a rehash next time
         pass
     return _file_hashes[key]

@@ -9,26 +9,26 @@ checkpoint.py, reaching the hub in hub.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from wanda_export.errors import ConfigError, EnvironmentProblem, WandaExportError
+from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.model.checkpoint import (
     causal_lm_problem,
     check_finite_weights,
     check_gguf,
     check_loading_info,
     check_safetensors_headers,
-    first_line,
     read_config_json,
 )
+from wanda_export.model.default import default_model_dir
 from wanda_export.model.fingerprint import model_fingerprint
-from wanda_export.model.hub import load_error, unreachable_reason
+from wanda_export.model.gguf import load_gguf
+from wanda_export.model.hub import unreachable_reason
+from wanda_export.model.load_errors import loading_errors
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -119,49 +119,6 @@ def classify_path(path: str | None) -> tuple[ModelKind, str]:
     )
 
 
-def _mapped(error: Exception, where: str, trust_remote_code: bool) -> Exception | None:
-    """The ConfigError / EnvironmentProblem for an exception from a transformers load.
-
-    None for one to re-raise as it is: out of memory (the CLI maps it), our own errors, and an
-    unexpected exception from transformers' own code (a bug). With trust_remote_code the
-    checkpoint's Python code ran too, so any exception from it is the checkpoint's fault.
-    """
-    from safetensors import SafetensorError
-
-    if isinstance(error, (WandaExportError, torch.OutOfMemoryError)):
-        return None
-    if isinstance(error, ImportError):
-        return EnvironmentProblem(f"loading {where} needs a package that is not installed: "
-                                  f"{first_line(error)}")
-    if isinstance(error, (OSError, ValueError, KeyError, RuntimeError, SafetensorError)):
-        return ConfigError(f"could not load {where}: {first_line(error)}")
-    if trust_remote_code:
-        return ConfigError(
-            f"the checkpoint's own code (trust_remote_code) failed while loading {where}: "
-            f"{type(error).__name__}: {first_line(error)}",
-            hint="fix its modeling files, or set model: {trust_remote_code: false}",
-        )
-    return None
-
-
-@contextmanager
-def loading_errors(
-    where: str, trust_remote_code: bool, hub: tuple[str, str | None, str | None] | None = None
-) -> Iterator[None]:
-    """Turn a failure of the transformers load inside the block into a one-line ConfigError or
-    EnvironmentProblem naming `where`; an OSError of a hub load (`hub` = repo id, revision,
-    why the hub was not asked) is mapped by hub.load_error."""
-    try:
-        yield
-    except Exception as error:
-        if hub is not None and isinstance(error, OSError):
-            raise load_error(*hub, error) from error
-        mapped = _mapped(error, where, trust_remote_code)
-        if mapped is None:
-            raise
-        raise mapped from error
-
-
 def pretrained_config(
     source: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> PretrainedConfig:
@@ -195,45 +152,6 @@ def pretrained_config(
     if problem:
         raise ConfigError(f"{where}: {problem}")
     return config
-
-
-def strip_quantizer(model: PreTrainedModel) -> None:
-    """Drop the GGUF quantizer marker from a dequantized model so that it can be saved.
-
-    The weights of a dequantized GGUF load are plain tensors, but transformers refuses to
-    save_pretrained while the model still carries its quantizer or quantization_config.
-    """
-    if "hf_quantizer" in vars(model):
-        del model.hf_quantizer
-    if "quantization_method" in vars(model):
-        del model.quantization_method
-    if "is_quantized" in vars(model):
-        model.is_quantized = False
-    configs = {id(model.config): model.config}
-    text_config = model.config.get_text_config(decoder=True)
-    configs[id(text_config)] = text_config
-    for config in configs.values():
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-
-
-def load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a .gguf file with transformers, dequantized to plain ``dtype`` weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    check_gguf(path)
-    with loading_errors(f"the GGUF file {path}", trust_remote_code=False):
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path.parent,
-            gguf_file=path.name,
-            dtype=dtype,
-            quantization_config=GgufConfig(dequantize=True),
-            output_loading_info=True,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    check_loading_info(info, str(path), type(model).__name__)
-    strip_quantizer(model)
-    return model, tokenizer
 
 
 def _load_dir(
@@ -315,8 +233,6 @@ def load_model(
     torch_device = resolve_device(device)
     kind, source = classify_path(path)
     if kind == "default":
-        from wanda_export.model.default import default_model_dir
-
         source = str(default_model_dir())
         model, tokenizer = _load_dir(Path(source), torch_dtype, False, False)
     elif kind == "dir":

@@ -19,8 +19,8 @@ from pathlib import Path
 from wanda_export import __version__
 from wanda_export.config import PipelineConfig
 from wanda_export.errors import ConfigError
-from wanda_export.model.default import cache_root
 from wanda_export.model.loading import classify_path
+from wanda_export.paths import cache_root
 from wanda_export.report.record import SCHEMA_VERSION
 
 log = logging.getLogger("wanda_export.pipeline")

@@ -12,10 +12,15 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 from wanda_export import __version__
+from wanda_export.atomic import (
+    OLD_MARK,
+    owner_is_gone,
+    replace_directory,
+    staging_directory,
+)
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
@@ -40,7 +45,6 @@ from wanda_export.report.record import RunRecord, StageRecord
 log = logging.getLogger("wanda_export.pipeline")
 
 PARTIAL_MARK = ".partial-"
-OLD_MARK = ".old-"
 ARTIFACT_DIRS = {CHECKPOINT_DIR: "safetensors-checkpoint", ONNX_DIR: "onnx", "charts": "png"}
 
 
@@ -64,40 +68,18 @@ def _timed(name: str, fn, ctx: RunContext) -> StageRecord:
     return record
 
 
-def _dead_pid(name: str, mark: str) -> bool:
-    """Whether the process named in a `.NAME<mark>PID-XXXX` folder name is gone."""
-    pid = name.rsplit(mark, 1)[1].split("-", 1)[0]
-    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
-
-
 def _remove_stale_partials(out_dir: Path) -> None:
     """Delete partial folders left by killed runs (their process is gone), and put back a
     previous release that a run killed mid-publish had moved aside (else delete it)."""
     for partial in out_dir.parent.glob(f".{out_dir.name}{PARTIAL_MARK}*"):
-        if _dead_pid(partial.name, PARTIAL_MARK):
+        if owner_is_gone(partial, PARTIAL_MARK):
             shutil.rmtree(partial, ignore_errors=True)
     for old in out_dir.parent.glob(f".{out_dir.name}{OLD_MARK}*"):
-        if _dead_pid(old.name, OLD_MARK):
+        if owner_is_gone(old, OLD_MARK):
             if os.path.lexists(out_dir):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(old, out_dir)
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder to `out_dir`, replacing what `check_out_dir` allowed."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}{OLD_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        if old is not None:  # put the previous release back where it was
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_outputs(ctx: RunContext) -> None:
@@ -145,9 +127,7 @@ def run_pipeline(
         names = names[: names.index(until) + 1]
     # a gated runtime this machine lacks: exit 4 before any work
     availability = check_runtimes(config) if "benchmark" in names else {}
-    staging = out_dir.with_name(f".{out_dir.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
+    with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest())
         start = time.perf_counter()
         loaded = load_model(config.model.resolved_path(config.base_dir), dtype=config.model.dtype,
@@ -185,8 +165,5 @@ def run_pipeline(
         record.exit_code = EXIT_GATE if failed else EXIT_OK
         _write_outputs(ctx)
         check_out_dir(out_dir, protected, force=force)  # nothing moved in while we ran
-        _publish(staging, out_dir)
+        replace_directory(staging, out_dir)
         return record
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wanda_export.atomic import atomic_write_bytes
 from wanda_export.report.record import RunRecord
-from wanda_export.report.writers import atomic_write_bytes
 
 if TYPE_CHECKING:
     from wanda_export.allocation import Allocation

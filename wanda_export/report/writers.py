@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from wanda_export.atomic import atomic_write_bytes
 from wanda_export.report.gates import gate_summary
 from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
 from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
@@ -27,27 +28,6 @@ COLLAPSE_LAYERS_OVER = 20
 SHA_SHOWN = 12
 
 PathLike = str | os.PathLike[str]
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via `<path>.tmp` and `os.replace`, creating parent folders.
-
-    Readers see the old file or the new one, never a partial write; a failed write leaves no
-    `.tmp` behind.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def json_safe(value: Any) -> Any:
