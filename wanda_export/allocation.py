@@ -1,6 +1,6 @@
 """Layer-wise sparsity ratios for a model's targets: measure each weight matrix (ESD alphas for
 AlphaPruning, Wanda-score outlier ratios for OWL), then map the measurements to ratios with the
-pure functions of `sparsity/allocate.py`.
+pure functions of `sparsity/allocation.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.model.layers import Target, weight_out_in
-from wanda_export.sparsity.allocate import (
+from wanda_export.sparsity.allocation import (
     alphapruning_allocation,
     esd,
     group_outlier_ratio,

@@ -19,7 +19,7 @@ from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.sequential import calibrate_sequential
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config.prune_spec import PruneSpec
-from wanda_export.model.layers import Target, find_targets, weight_out_in
+from wanda_export.model.layers import Target, weight_out_in
 from wanda_export.sparsity.mask import apply_mask_, build_mask
 from wanda_export.sparsity.pattern import Pattern
 from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, compute_scores
@@ -39,14 +39,10 @@ class PruneResult:
 
 def check_pattern_fits(targets: list[Target], pattern: Pattern) -> None:
     """Refuse an N:M pattern before any work if some target's in_features is not divisible by M."""
-    if not pattern.structured:
-        return
-    bad = [f"{t.name} (in_features={t.in_features})" for t in targets if t.in_features % pattern.m]
+    bad = [f"{t.name} (in_features={t.in_features})" for t in targets
+           if not pattern.fits(t.in_features)]
     if bad:
-        raise ValueError(
-            f"pattern {pattern} needs in_features divisible by {pattern.m}; not so for: "
-            + ", ".join(bad)
-        )
+        raise ValueError(pattern.misfit_message(", ".join(bad)))
 
 
 @torch.no_grad()
@@ -105,7 +101,7 @@ def prune_model(
     `allocation` gives precomputed layer-wise ratios; otherwise they are measured here on the
     still-dense weights (OWL in sequential mode then costs one extra dense calibration pass).
     """
-    targets = find_targets(model, list(spec.include) or None, list(spec.exclude) or None)
+    targets = spec.targets_of(model)
     pattern = spec.parsed_pattern
     check_pattern_fits(targets, pattern)
     seconds: dict[str, float] = {}

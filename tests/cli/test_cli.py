@@ -123,7 +123,7 @@ def test_dense_rerun_with_new_sparsity_hits_the_cache(write_pipeline, workdir, m
         raise AssertionError("calibration forward pass on a cache hit")
 
     monkeypatch.setattr(dense, "collect_dense", no_forward)
-    monkeypatch.setattr("wanda_export.pipeline.layerwise.collect_dense", no_forward)
+    monkeypatch.setattr("wanda_export.pipeline.allocation.collect_dense", no_forward)
     second = invoke("run", str(write_pipeline(sparsity=0.75, gate_min=0.75)), "--out",
                     str(workdir / "b"), "--json", "--quiet")
     assert second.exit_code == 0, second.output

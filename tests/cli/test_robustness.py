@@ -16,13 +16,13 @@ from wanda_export.cache.store import CacheStore
 SLOW_CALIBRATION = """
 import sys, time
 from pathlib import Path
-import wanda_export.pipeline.layerwise as layerwise
-real = layerwise.collect_dense
+import wanda_export.pipeline.allocation as run_allocation
+real = run_allocation.collect_dense
 def slow(*args, **kwargs):
     Path(sys.argv[1]).write_text("calibrating")
     time.sleep(120)
     return real(*args, **kwargs)
-layerwise.collect_dense = slow
+run_allocation.collect_dense = slow
 from wanda_export.cli import app
 app(sys.argv[2:])
 """

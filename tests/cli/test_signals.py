@@ -37,7 +37,7 @@ app(sys.argv[5:], prog_name="wanda-export")
 """
 
 # (module, function, when): the points at which the child is stopped
-MID_CALIBRATION = ("wanda_export.pipeline.layerwise", "collect_dense", "before")
+MID_CALIBRATION = ("wanda_export.pipeline.allocation", "collect_dense", "before")
 MID_EXPORT = ("wanda_export.pipeline.stages", "export_checkpoint", "after")
 
 

@@ -127,6 +127,7 @@ def test_a_folder_holding_git_is_refused_even_forced(tmp_path, git):
 
 def test_protected_paths_name_cwd_root_home_model_config_cache_and_data(tmp_path, monkeypatch):
     (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("text")
     config = parse_config(

@@ -52,9 +52,10 @@ from wanda_export.paths import cache_root
 DEFAULT_LOCK_TIMEOUT = 3600.0
 STALE_AFTER_SECONDS = 3600.0
 
-# The kinds the pipeline stores (pipeline/stages.py and pipeline/layerwise.py); `clear` also
+# The kinds the pipeline stores (pipeline/run_plan.py decides which); `clear` also
 # knows every kind with entries on disk.
-PIPELINE_KINDS = ("alphas", "calibration", "perplexity")
+ALPHAS, CALIBRATION, PERPLEXITY = "alphas", "calibration", "perplexity"
+PIPELINE_KINDS = (ALPHAS, CALIBRATION, PERPLEXITY)
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -105,6 +106,12 @@ class CacheStore:
             log.warning("discarding cache entry %s/%s at %s: %s", kind, key, entry, problem)
             _discard(entry)
         return tensors
+
+    def contains(self, kind: str, key: str) -> bool:
+        """Whether a published entry for (kind, key) exists with a matching manifest, without
+        reading or hashing its tensors (`plan` asks; `get` verifies fully before any use)."""
+        _check_name(kind, key)
+        return entry_info(self.entry_dir(kind, key), kind, key) is not None
 
     def put(
         self,

@@ -81,20 +81,13 @@ def mask_problems(config: PipelineConfig, model: nn.Module) -> list[Problem]:
         if not any(fnmatch.fnmatchcase(name, glob) for name in chosen)
     ]
     try:
-        targets = find_targets(model, mask.include or None, mask.exclude or None)
+        targets = mask.targets_of(model)
     except ValueError:
         return [*problems, Problem((*at, "exclude"), "include/exclude leave no layer to prune")]
     pattern = parse_pattern(mask.pattern)
-    if pattern.structured:
-        bad = [f"{t.name} ({t.in_features})" for t in targets if t.in_features % pattern.m]
-        if bad:
-            problems.append(
-                Problem(
-                    (*at, "pattern"),
-                    f"pattern {pattern} needs in_features divisible by {pattern.m}; "
-                    f"not so for {_listing(bad)}",
-                )
-            )
+    bad = [f"{t.name} ({t.in_features})" for t in targets if not pattern.fits(t.in_features)]
+    if bad:
+        problems.append(Problem((*at, "pattern"), pattern.misfit_message(_listing(bad))))
     calibrate = config.stage("calibrate")
     outside = [t.name for t in targets if t.layer_index is None]
     if outside and calibrate is not None and calibrate.mode == "sequential":

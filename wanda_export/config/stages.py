@@ -127,6 +127,13 @@ class MaskStage(StrictModel):
             raise rules_error(problems)
         return self
 
+    def targets_of(self, model: Any) -> list:
+        """The linears of `model` this stage prunes: `include` (default: every linear of the
+        decoder layers) minus `exclude`."""
+        from wanda_export.model.layers import find_targets
+
+        return find_targets(model, self.include or None, self.exclude or None)
+
     @field_validator("pattern")
     @classmethod
     def _valid_pattern(cls, value: str) -> str:

@@ -119,6 +119,21 @@ def classify_path(path: str | None) -> tuple[ModelKind, str]:
     )
 
 
+def load_tokenizer(source: str, *, trust_remote_code: bool = False,
+                   revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, of a checkpoint directory, a .gguf file or a hub id (for `plan`,
+    which keys the cache on token windows without loading any weight)."""
+    from transformers import AutoTokenizer
+
+    kind, resolved = classify_path(source)
+    with loading_errors(f"the tokenizer of {resolved}", trust_remote_code):
+        if kind == "gguf":
+            path = Path(resolved)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(resolved, revision=revision,
+                                             trust_remote_code=trust_remote_code)
+
+
 def pretrained_config(
     source: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> PretrainedConfig:

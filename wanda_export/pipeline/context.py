@@ -18,6 +18,7 @@ from wanda_export.model.layers import Target, find_targets, weight_out_in
 from wanda_export.model.loading import LoadedModel
 from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
 from wanda_export.pipeline.progress import NullProgress
+from wanda_export.pipeline.run_plan import RunPlan
 from wanda_export.prune import PruneSpec
 from wanda_export.report.record import RunRecord
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
@@ -40,6 +41,7 @@ class RunContext:
     dense_weights: dict[str, torch.Tensor] | None = None  # kept for the benchmark's baseline
     onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
     availability: dict[str, Availability] = field(default_factory=dict)  # benchmark runtimes
+    run_plan: RunPlan | None = None  # set by the runner once the targets are known
 
     def keep_dense_weights(self) -> None:
         """Copy every target's unpruned [out, in] weight to CPU memory, before any pruning."""
@@ -59,10 +61,10 @@ class RunContext:
 
     @cached_property
     def targets(self) -> list[Target]:
-        spec = self.spec
-        include = list(spec.include) if spec else None
-        exclude = list(spec.exclude) if spec else None
-        return find_targets(self.loaded.model, include or None, exclude or None)
+        """The linears this run prunes (every decoder linear when it only verifies)."""
+        if self.spec is None:
+            return find_targets(self.loaded.model)
+        return self.spec.targets_of(self.loaded.model)
 
     @cached_property
     def calibration_windows(self) -> torch.Tensor:

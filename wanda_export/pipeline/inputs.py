@@ -48,12 +48,11 @@ def plan_settings(spec: PruneSpec) -> dict:
 
 
 def calibration_key_for(config: PipelineConfig, fingerprint: str, windows: torch.Tensor,
-                        target_names: list[str], mode: str | None = None,
+                        target_names: list[str], mode: str,
                         hessian: bool | None = None) -> CalibrationKey:
-    """The key of the activation statistics this pipeline collects (`mode` and `hessian`
-    override the pipeline's, e.g. for OWL's dense statistics in a sequential run)."""
+    """The key of the activation statistics collected in `mode` ("dense" or "sequential", as
+    `run_plan` decides); `hessian` overrides the method's need for X^T X (OWL's statistics)."""
     spec, data = config.prune_spec(), config.data.calibration
-    mode = mode or ("sequential" if spec.calibrates_sequentially else "dense")
     return CalibrationKey(
         model_fingerprint=fingerprint,
         calibration_digest=token_digest(windows),

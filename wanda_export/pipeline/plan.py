@@ -1,73 +1,43 @@
-"""`wanda-export plan`: each stage of a pipeline and whether its output is already cached.
+"""`wanda-export plan`: each stage of a pipeline and whether its cached inputs are there.
 
-Reads the tokenizer, the data and the weight fingerprint, builds the model on the meta device
-for its layer names, and looks the keys up; no weights are loaded and nothing is computed.
+Builds the same `RunPlan` a run builds (from the tokenizer, the data, the weight fingerprint and
+the model's layer names on the meta device) and asks the cache whether each entry exists; no
+weights are loaded and nothing is computed.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from wanda_export.cache.keys import esd_alphas_key
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, meta_model
 from wanda_export.model.fingerprint import model_fingerprint
-from wanda_export.model.layers import find_targets
-from wanda_export.pipeline.inputs import (
-    calibration_key_for,
-    calibration_windows_for,
-    dense_perplexity_key_for,
-    evaluation_windows_for,
-)
+from wanda_export.model.loading import load_tokenizer
+from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
+from wanda_export.pipeline.run_plan import STAGE_OF_STEP, CacheUse, plan_run
 
 
-def _tokenizer(source: str, config: PipelineConfig):
-    from transformers import AutoTokenizer
-
-    path = Path(source)
-    if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(source, revision=config.model.revision,
-                                         trust_remote_code=config.model.trust_remote_code)
-
-
-def _row(stage: str, cache: CacheStore, kind: str | None = None, key: str | None = None) -> dict:
-    if key is None:
-        return {"stage": stage, "cache": "n/a", "key": None}
-    return {"stage": stage, "key": key,
-            "cache": "hit" if cache.get(kind, key) is not None else "miss"}
+def _row(use: CacheUse, cache: CacheStore) -> dict:
+    return {"stage": use.step, "key": use.key,
+            "cache": "hit" if cache.contains(use.kind, use.key) else "miss"}
 
 
 def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) -> list[dict]:
-    """One row per stage: {stage, cache: hit|miss|n/a, key}."""
-    tokenizer = _tokenizer(model_source, config)
-    fingerprint = model_fingerprint(model_source, config.model.revision)
+    """One row per stage and per cached step, in run order: {stage, cache: hit|miss|n/a, key}."""
+    model = config.model
+    tokenizer = load_tokenizer(model_source, trust_remote_code=model.trust_remote_code,
+                               revision=model.revision)
     spec = config.prune_spec()
-    rows = []
-    evaluate = config.stage("evaluate")
-    if evaluate is not None and evaluate.perplexity and evaluate.dense_baseline:
-        windows = evaluation_windows_for(config, tokenizer)
-        key = dense_perplexity_key_for(config, fingerprint, windows)
-        rows.append(_row("evaluate-dense", cache, "perplexity", key))
-    names: list[str] = []
+    targets: list[str] = []
     if spec is not None:
-        model = meta_model(model_source, revision=config.model.revision,
-                           trust_remote_code=config.model.trust_remote_code)
-        names = [t.name for t in find_targets(model, list(spec.include) or None,
-                                              list(spec.exclude) or None)]
-    for name in config.stage_names():
-        if name == "calibrate" and spec is not None and spec.needs_calibration:
-            windows = calibration_windows_for(config, tokenizer)
-            if spec.allocation == "owl" and spec.calibrates_sequentially:
-                key = calibration_key_for(config, fingerprint, windows, names, mode="dense",
-                                          hessian=False).digest()
-                rows.append(_row("allocate-owl-statistics", cache, "calibration", key))
-            key = calibration_key_for(config, fingerprint, windows, names).digest()
-            rows.append(_row(name, cache, "calibration", key))
-        elif name == "mask" and spec is not None and spec.allocation == "alphapruning":
-            key = esd_alphas_key(fingerprint, names, spec.alpha_xmin)
-            rows.append(_row("allocate-alphas", cache, "alphas", key))
-            rows.append(_row(name, cache))
-        else:
-            rows.append(_row(name, cache))
+        skeleton = meta_model(model_source, revision=model.revision,
+                              trust_remote_code=model.trust_remote_code)
+        targets = [t.name for t in spec.targets_of(skeleton)]
+    names = config.stage_names()
+    run_plan = plan_run(config, names, model_fingerprint(model_source, model.revision), targets,
+                        lambda: calibration_windows_for(config, tokenizer),
+                        lambda: evaluation_windows_for(config, tokenizer))
+    rows = [_row(use, cache) for use in run_plan.uses if STAGE_OF_STEP[use.step] is None]
+    for name in names:
+        rows += [_row(use, cache) for use in run_plan.uses if STAGE_OF_STEP[use.step] == name]
+        if not run_plan.has(name):
+            rows.append({"stage": name, "cache": "n/a", "key": None})
     return rows

@@ -29,6 +29,7 @@ from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
+from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY, plan_run
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.report import (
     collect_artifacts,
@@ -143,6 +144,11 @@ def run_pipeline(
         }
         ctx = RunContext(config=config, cache=cache, staging=staging,
                          record=record, loaded=loaded, progress=progress or NullProgress())
+        ctx.run_plan = plan_run(config, names, loaded.fingerprint,
+                                [target.name for target in ctx.targets],
+                                lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows)
+        if "evaluate" in names:  # tokenized now: too little text fails before any forward pass
+            _ = ctx.evaluation_windows
         if "benchmark" in names:
             ctx.availability = availability
             ctx.keep_dense_weights()
@@ -151,11 +157,10 @@ def run_pipeline(
             record.plan = {"method": spec.method, "sparsity": spec.sparsity,
                            "pattern": spec.pattern, "group": spec.comparison_group,
                            "mode": spec.mode, "targets": len(ctx.targets)}
-        evaluate = config.stage("evaluate")
-        if "evaluate" in names and evaluate.perplexity and evaluate.dense_baseline:
-            _timed("evaluate-dense", run_dense_baseline, ctx)
+        if ctx.run_plan.has(DENSE_PERPLEXITY):
+            _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
         for name in names:
-            if name == "evaluate" and not evaluate.perplexity:
+            if name == "evaluate" and not config.stage("evaluate").perplexity:
                 continue
             _timed(name, STAGES[name], ctx)
         # a partial run (one stage command) measures too little for the configured gates

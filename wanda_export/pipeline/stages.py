@@ -25,10 +25,10 @@ from wanda_export.export.onnx import convert_to_fp16, export_onnx
 from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.export.tensorrt import write_tensorrt_recipe
+from wanda_export.pipeline.allocation import cached_dense_statistics, ensure_allocation
 from wanda_export.pipeline.benchmark import run_benchmark
 from wanda_export.pipeline.context import RunContext
-from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
-from wanda_export.pipeline.layerwise import cached_dense_statistics, ensure_allocation
+from wanda_export.pipeline.run_plan import CALIBRATE, DENSE_PERPLEXITY
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.metrics import (
     ArtifactSizes,
@@ -46,18 +46,17 @@ StageFn = Callable[[RunContext], StageRecord]
 
 
 def run_calibrate(ctx: RunContext) -> StageRecord:
-    """Activation statistics of every target: from the cache, or by forward passes."""
-    spec = ctx.spec
-    if spec is None or not spec.needs_calibration:
+    """Activation statistics of every target: from the cache, or by forward passes. In
+    sequential mode a miss also prunes each layer before calibrating the next (the paper's
+    algorithm), and the record says so (`detail.pruned`)."""
+    spec, plan = ctx.spec, ctx.run_plan
+    if plan.calibration is None:
         return StageRecord("calibrate", status="skipped",
                            detail={"reason": "the scoring method needs no activations"})
-    windows = ctx.calibration_windows
-    if not spec.calibrates_sequentially:
-        ctx.stats, hit, key = cached_dense_statistics(ctx, spec.needs_hessian)
+    windows, use = ctx.calibration_windows, plan.use(CALIBRATE)
+    if not plan.prunes_during_calibration:
+        ctx.stats, hit = cached_dense_statistics(ctx, use, spec.needs_hessian)
     else:
-        key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
-                                  [target.name for target in ctx.targets])
-
         def compute():
             allocation = ensure_allocation(ctx)
             layers = len({t.layer_index for t in ctx.targets})
@@ -68,12 +67,13 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
             return stats_to_tensors(stats)
 
         tensors, hit = ctx.cache.get_or_compute(
-            "calibration", key.digest(), compute, key.record(),
+            use.kind, use.key, compute, use.record,
             metadata={"mode": spec.mode, "targets": len(ctx.targets)})
         ctx.stats = stats_from_tensors(tensors)
     return StageRecord("calibrate", cache="hit" if hit else "miss",
-                       detail={"key": key.digest(), "mode": key.mode,
-                               "tokens": int(windows.numel())})
+                       detail={"key": use.key, "mode": plan.calibration,
+                               "tokens": int(windows.numel()),
+                               "pruned": ctx.pruned_in_calibration})
 
 
 def run_score(ctx: RunContext) -> StageRecord:
@@ -96,15 +96,18 @@ def _record_sparsity(ctx: RunContext) -> SparsityRecord:
 
 
 def run_mask(ctx: RunContext) -> StageRecord:
-    """Score, mask and zero every target in place (at its allocated ratio), then record the
-    sparsity reached."""
+    """Score, mask and zero every target in place (at its allocated ratio), unless a
+    sequential calibration already did (`detail.pruned_during` says which stage pruned), then
+    record the sparsity reached."""
     spec = ctx.spec
     allocation = ensure_allocation(ctx)
     if not ctx.pruned_in_calibration:
         prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios)
     report = _record_sparsity(ctx).report
+    pruned_during = "calibrate" if ctx.pruned_in_calibration else "mask"
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,
                                        "allocation": allocation.method,
+                                       "pruned_during": pruned_during,
                                        **({"cache": ctx.allocation_inputs}
                                           if ctx.allocation_inputs else {})})
 
@@ -122,16 +125,14 @@ def run_verify(ctx: RunContext) -> StageRecord:
 def run_dense_baseline(ctx: RunContext) -> StageRecord:
     """Perplexity of the unpruned model (before any mask), cached per model and evaluation set."""
     data = ctx.config.data.evaluation
-    windows = ctx.evaluation_windows
-    key = dense_perplexity_key_for(ctx.config, ctx.loaded.fingerprint, windows)
+    windows, use = ctx.evaluation_windows, ctx.run_plan.use(DENSE_PERPLEXITY)
 
     def compute():
         with ctx.progress.task("evaluate (dense)", windows.shape[0]) as advance:
             value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
         return {"perplexity": torch.tensor([value], dtype=torch.float64)}
 
-    tensors, hit = ctx.cache.get_or_compute(
-        "perplexity", key, compute, {"schema": "dense-perplexity", "key": key})
+    tensors, hit = ctx.cache.get_or_compute(use.kind, use.key, compute, use.record)
     dense = float(tensors["perplexity"][0])
     metrics = ctx.record.metrics
     metrics.perplexity = metrics.perplexity or PerplexityMetrics()

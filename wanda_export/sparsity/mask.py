@@ -78,10 +78,8 @@ _MAX_M_FOR_RANKS = 8
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """N:M along the input (reduction) dimension: in every M consecutive inputs keep the N best."""
     out_features, in_features = scores.shape
-    if in_features % m:
-        raise ValueError(
-            f"N:M pattern {n}:{m} needs in_features divisible by {m}; got {in_features}"
-        )
+    if not Pattern(n, m).fits(in_features):
+        raise ValueError(Pattern(n, m).misfit_message(f"a layer of {in_features} inputs"))
     groups = scores.reshape(-1, m)  # (out * in / m, m)
     if m > _MAX_M_FOR_RANKS:
         order = torch.argsort(groups, dim=1, stable=True)[:, : m - n]  # ties -> low index

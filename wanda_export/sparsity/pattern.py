@@ -24,6 +24,15 @@ class Pattern:
         """The sparsity an N:M pattern implies ((M-N)/M), None for unstructured."""
         return None if self.m is None else (self.m - self.n) / self.m
 
+    def fits(self, in_features: int) -> bool:
+        """Whether a layer of `in_features` inputs splits into whole groups of M (always true
+        for unstructured): the one rule N:M puts on a layer's shape."""
+        return self.m is None or in_features % self.m == 0
+
+    def misfit_message(self, misfits: str) -> str:
+        """Why the layers listed in `misfits` cannot take this pattern."""
+        return f"pattern {self} needs in_features divisible by {self.m}; not so for {misfits}"
+
     def __str__(self) -> str:
         return "unstructured" if self.m is None else f"{self.n}:{self.m}"
 

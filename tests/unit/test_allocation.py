@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from wanda_export.allocation import allocate, target_groups
 from wanda_export.model.layers import find_targets
 from wanda_export.prune import PruneSpec, prune_model
-from wanda_export.sparsity.allocate import (
+from wanda_export.sparsity.allocation import (
     alpha_ratios,
     alphapruning_allocation,
     esd,

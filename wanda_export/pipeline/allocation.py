@@ -1,26 +1,24 @@
-"""The layer-wise allocation of a run: measured once, on the still-dense weights, before the
-first layer is pruned (by a sequential calibration or by the mask stage), with its inputs
-cached: the ESD alphas (weights only) and, for OWL, the dense model's statistics."""
+"""The layer-wise allocation of a run (the pipeline's side of `allocation.py`): measured once,
+on the still-dense weights, before the first layer is pruned (by a sequential calibration or by
+the mask stage), with its inputs taken from the cache entries the run plan names: the ESD
+alphas (weights only) and, for OWL, the dense model's statistics."""
 
 from __future__ import annotations
 
 import torch
 
 from wanda_export.allocation import Allocation, allocate, esd_alphas
-from wanda_export.cache.keys import CalibrationKey, esd_alphas_key
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.stats import ChannelStats, stats_from_tensors, stats_to_tensors
 from wanda_export.pipeline.context import RunContext
-from wanda_export.pipeline.inputs import calibration_key_for
+from wanda_export.pipeline.run_plan import ESD_ALPHAS, OWL_STATISTICS, CacheUse
 
 
-def cached_dense_statistics(ctx: RunContext, hessian: bool
-                            ) -> tuple[dict[str, ChannelStats], bool, CalibrationKey]:
-    """The unpruned model's statistics (with X^T X when `hessian`) from the dense-mode cache
-    entry, computed by one dense pass on a miss; returns them, whether it was a hit, the key."""
+def cached_dense_statistics(ctx: RunContext, use: CacheUse, hessian: bool
+                            ) -> tuple[dict[str, ChannelStats], bool]:
+    """The unpruned model's statistics (with X^T X when `hessian`) from the cache entry `use`,
+    computed by one dense pass on a miss; returns them and whether it was a hit."""
     windows = ctx.calibration_windows
-    key = calibration_key_for(ctx.config, ctx.loaded.fingerprint, windows,
-                              [t.name for t in ctx.targets], mode="dense", hessian=hessian)
 
     def compute():
         with ctx.progress.task("calibrate (dense)", windows.shape[0]) as advance:
@@ -28,34 +26,32 @@ def cached_dense_statistics(ctx: RunContext, hessian: bool
                                                   ctx.spec.batch_size, advance, hessian))
 
     tensors, hit = ctx.cache.get_or_compute(
-        "calibration", key.digest(), compute, key.record(),
+        use.kind, use.key, compute, use.record,
         metadata={"mode": "dense", "targets": len(ctx.targets)})
-    return stats_from_tensors(tensors), hit, key
+    return stats_from_tensors(tensors), hit
 
 
 def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
-    """OWL's input, the unpruned model's statistics: the run's own in dense mode, otherwise the
-    dense cache entry (shared with dense-mode runs)."""
-    if not ctx.spec.calibrates_sequentially and ctx.stats is not None:
+    """OWL's input, the unpruned model's statistics: the run's own when it calibrates densely,
+    otherwise the dense cache entry (shared with dense-mode runs)."""
+    if not ctx.run_plan.owl_dense_pass and ctx.stats is not None:
         return ctx.stats
-    stats, hit, _ = cached_dense_statistics(ctx, hessian=False)
+    stats, hit = cached_dense_statistics(ctx, ctx.run_plan.use(OWL_STATISTICS), hessian=False)
     ctx.allocation_inputs["dense_statistics"] = "hit" if hit else "miss"
     return stats
 
 
 def cached_alphas(ctx: RunContext) -> dict[str, float]:
     """Each target's ESD alpha, from the cache or measured (they depend on the weights only)."""
-    spec, names = ctx.spec, [t.name for t in ctx.targets]
-    key = esd_alphas_key(ctx.loaded.fingerprint, names, spec.alpha_xmin)
+    use, names = ctx.run_plan.use(ESD_ALPHAS), [t.name for t in ctx.targets]
 
     def compute():
         with ctx.progress.task("allocate (ESD alphas)", 1) as advance:
-            alphas = esd_alphas(ctx.targets, spec.alpha_xmin)
+            alphas = esd_alphas(ctx.targets, ctx.spec.alpha_xmin)
             advance(1)
         return {name: torch.tensor([alpha], dtype=torch.float64) for name, alpha in alphas.items()}
 
-    tensors, hit = ctx.cache.get_or_compute("alphas", key, compute,
-                                            {"schema": "esd-alphas", "key": key})
+    tensors, hit = ctx.cache.get_or_compute(use.kind, use.key, compute, use.record)
     ctx.allocation_inputs["alphas"] = "hit" if hit else "miss"
     return {name: float(tensors[name][0]) for name in names}
 
