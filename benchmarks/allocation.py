@@ -43,8 +43,8 @@ class Shared:
         start = time.perf_counter()
         self.alphas = esd_alphas(targets, "ks")
         self.alpha_seconds = time.perf_counter() - start
-        self.dense_stats = collect_dense(self.model, self.calib, targets)
-        self.dense_ppl = perplexity(self.model, self.evaluation)
+        self.dense_stats = collect_dense(self.model, self.calib, targets, batch_size=8)
+        self.dense_ppl = perplexity(self.model, self.evaluation, batch_size=4)
 
     def run(self, **fields) -> dict:
         """Prune a copy with PruneSpec(**fields); its perplexity, sparsity and timings."""
@@ -55,7 +55,7 @@ class Shared:
         result = prune_model(model, spec, self.calib, allocation=allocation)
         seconds = time.perf_counter() - start
         ratios = list(allocation.ratios.values())
-        row = {**fields, "perplexity": perplexity(model, self.evaluation),
+        row = {**fields, "perplexity": perplexity(model, self.evaluation, batch_size=4),
                "overall": result.report.overall, "valid": result.report.valid,
                "prune_seconds": seconds, "ratio_min": min(ratios), "ratio_max": max(ratios)}
         print(json.dumps(row), flush=True)

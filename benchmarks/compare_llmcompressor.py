@@ -184,7 +184,7 @@ def run_ours(method: str, pattern: str, windows, eval_windows) -> tuple[dict, di
     start = time.perf_counter()
     result = prune_model(loaded.model, spec, windows)
     seconds = time.perf_counter() - start
-    ppl = perplexity(loaded.model, eval_windows)
+    ppl = perplexity(loaded.model, eval_windows, batch_size=4)
     breakdown = dict(result.seconds)
     breakdown["verify_and_rest"] = seconds - sum(result.seconds.values())
     summary = {
@@ -260,7 +260,7 @@ def run_theirs(
     del state
     weights.unlink()
     changed = untouched_differ(loaded.model, dense_state, target_names)
-    ppl = perplexity(loaded.model, eval_windows)
+    ppl = perplexity(loaded.model, eval_windows, batch_size=4)
     summary = {
         "seconds": worker["seconds"],
         "perplexity": ppl,
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
           f"calibration {list(calib.shape)}, evaluation {list(evals.shape)}", flush=True)
 
     start = time.perf_counter()
-    dense_ppl = perplexity(dense.model, evals)
+    dense_ppl = perplexity(dense.model, evals, batch_size=4)
     print(f"dense perplexity {dense_ppl:.3f} ({time.perf_counter() - start:.1f}s)", flush=True)
     dense_state = {k: v.clone() for k, v in dense.model.state_dict().items()}
     attn = getattr(dense.model.config, "_attn_implementation", None)

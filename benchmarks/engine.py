@@ -54,7 +54,7 @@ def environment(args) -> dict:
 
 def run_perplexity(args) -> dict:
     base, calib, evaluation = load(args)
-    rows = [{"case": "dense", "mode": "-", "perplexity": perplexity(base, evaluation)}]
+    rows = [{"case": "dense", "mode": "-", "perplexity": perplexity(base, evaluation, batch_size=4)}]
     cases = [("magnitude", "unstructured"), ("wanda", "unstructured"), ("magnitude", "4:8"),
              ("wanda", "4:8"), ("magnitude", "2:4"), ("wanda", "2:4")]
     for method, pattern in cases:
@@ -65,7 +65,7 @@ def run_perplexity(args) -> dict:
             start = time.perf_counter()
             result = prune_model(model, spec, calib)
             seconds = time.perf_counter() - start
-            ppl = perplexity(model, evaluation)
+            ppl = perplexity(model, evaluation, batch_size=4)
             label = f"{method} {'50%' if pattern == 'unstructured' else pattern}"
             rows.append({"case": label, "mode": mode, "perplexity": ppl,
                          "sparsity": result.report.overall, "valid": result.report.valid,
@@ -87,7 +87,7 @@ def _median_time(fn, repeats: int) -> float:
 def run_speed(args) -> dict:
     base, calib, _ = load(args)
     targets = find_targets(base)
-    stats = collect_dense(base, calib, targets)
+    stats = collect_dense(base, calib, targets, batch_size=8)
     original = {t.name: weight_out_in(t.module).clone() for t in targets}
 
     def restore():
@@ -118,7 +118,7 @@ def run_speed(args) -> dict:
     bare_forward()  # warm-up
     out["bare_forward_s"] = _median_time(bare_forward, args.repeats)
     out["full_forward_with_logits_s"] = _median_time(full_forward, args.repeats)
-    out["dense_calibration_s"] = _median_time(lambda: collect_dense(base, calib, targets), args.repeats)
+    out["dense_calibration_s"] = _median_time(lambda: collect_dense(base, calib, targets, batch_size=8), args.repeats)
     out["dense_calibration_over_bare_forward"] = out["dense_calibration_s"] / out["bare_forward_s"]
     return out
 

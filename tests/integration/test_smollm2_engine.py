@@ -31,12 +31,12 @@ def _pruned_perplexity(smollm2, spec: PruneSpec):
     base, calib, evaluation = smollm2
     model = copy.deepcopy(base)
     result = prune_model(model, spec, calib)
-    return perplexity(model, evaluation), result
+    return perplexity(model, evaluation, batch_size=4), result
 
 
 def test_wanda_beats_magnitude_and_hits_the_exact_ratio(smollm2):
     base, _, evaluation = smollm2
-    dense = perplexity(base, evaluation)
+    dense = perplexity(base, evaluation, batch_size=4)
     wanda, wanda_result = _pruned_perplexity(smollm2, PruneSpec(method="wanda", sparsity=0.5))
     magnitude, _ = _pruned_perplexity(smollm2, PruneSpec(method="magnitude", sparsity=0.5))
     assert dense < wanda < magnitude, (dense, wanda, magnitude)

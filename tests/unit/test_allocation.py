@@ -15,7 +15,6 @@ from wanda_export.sparsity.allocation import (
     esd,
     group_outlier_ratio,
     hill_alpha,
-    outlier_ratio,
     owl_allocation,
     owl_ratios,
     rebalance,
@@ -87,9 +86,9 @@ def test_owl_prunes_outlier_rich_layers_less():
     assert max(ratios) - min(ratios) == pytest.approx(0.16, abs=1e-9)
 
 
-def test_outlier_ratio_counts_scores_above_m_times_the_mean():
+def test_group_outlier_ratio_of_one_matrix_counts_scores_above_m_times_the_mean():
     scores = torch.tensor([1.0] * 99 + [1000.0])  # mean 10.99; only the spike exceeds 5x
-    assert outlier_ratio(scores, 5.0) == pytest.approx(0.01)
+    assert group_outlier_ratio([scores], 5.0) == pytest.approx(0.01)
 
 
 def test_alphapruning_allocation_shares_one_ratio_per_group():

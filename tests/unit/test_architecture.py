@@ -105,3 +105,61 @@ def test_cycle_finder_finds_a_cycle():
 def test_no_module_over_the_limit():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert {name: size for name, size in sizes.items() if size > MAX_LINES} == {}
+
+
+def _schema_settings() -> set[tuple[str, object]]:
+    """(name, default) of every setting of the pipeline file that has a literal default."""
+    from pydantic import BaseModel
+
+    from wanda_export.config import gates, inputs, stages
+
+    settings = set()
+    for module in (inputs, stages, gates):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                for name, field in value.model_fields.items():
+                    if isinstance(field.default, (int, float, str)) and not isinstance(
+                            field.default, bool):
+                        settings.add((name, field.default))
+    return settings
+
+
+def _literal_defaults(tree: ast.AST) -> list[tuple[str, object, int]]:
+    """(name, default, line) of every parameter or class field given a literal number or
+    string default."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            positional = args.posonlyargs + args.args
+            pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            found += [(arg.arg, default.value, node.lineno) for arg, default in pairs
+                      if isinstance(default, ast.Constant)
+                      and isinstance(default.value, (int, float, str))
+                      and not isinstance(default.value, bool)]
+        elif isinstance(node, ast.ClassDef):
+            found += [(item.target.id, item.value.value, item.lineno) for item in node.body
+                      if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                      and isinstance(item.value, ast.Constant)
+                      and isinstance(item.value.value, (int, float, str))
+                      and not isinstance(item.value.value, bool)]
+    return found
+
+
+def test_every_setting_default_is_written_once_in_the_schema():
+    settings = _schema_settings()
+    assert {("batch_size", 8), ("epsilon", 0.3), ("owl_m", 5.0), ("dampening", 0.01),
+            ("block_size", 128), ("iterations", 20)} <= settings
+    schema = {PACKAGE / "config" / f"{name}.py" for name in ("inputs", "stages", "gates")}
+    repeated = [f"{path.relative_to(PACKAGE)}:{line} {name}={default!r}"
+                for path in sorted(PACKAGE.rglob("*.py")) if path not in schema
+                for name, default, line in _literal_defaults(ast.parse(path.read_text()))
+                if (name, default) in settings]
+    assert repeated == []
+
+
+def test_the_default_scan_sees_a_repeated_default():
+    tree = ast.parse("def collect(x, batch_size=8):\n    pass\n"
+                     "class Spec:\n    epsilon: float = 0.3\n")
+    assert _literal_defaults(tree) == [("batch_size", 8, 1), ("epsilon", 0.3, 4)]

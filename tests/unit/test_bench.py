@@ -21,9 +21,10 @@ from wanda_export.bench.onnx_latency import (
     CPU,
     TENSORRT,
     execution_providers,
-    measure_onnx,
+    open_session,
     session_layout,
     shape_inputs,
+    time_session,
 )
 from wanda_export.bench.runtimes import NO_CUDA, NO_ONNXRUNTIME, Probe, runtime_availability
 from wanda_export.bench.shapes import DEFAULT_SHAPES, Shape, parse_shape, parse_shapes
@@ -267,7 +268,8 @@ def tiny_onnx(tiny_llama, tmp_path_factory):
 
 @pytest.mark.parametrize("text", ["prefill:1x8", "decode:1x1@8"])
 def test_onnxruntime_cpu_latency_of_a_real_export(tiny_onnx, text):
-    result = measure_onnx(tiny_onnx.path, parse_shape(text), threads=1, warmup=2, iterations=3)
+    session = open_session(tiny_onnx.path, threads=1)
+    result = time_session(session, parse_shape(text), threads=1, warmup=2, iterations=3)
     assert result.provider == "CPUExecutionProvider"
     assert math.isfinite(result.stats.p50_ms) and 0 < result.stats.p50_ms <= result.stats.p95_ms
     assert (result.stats.iterations, result.stats.warmup, result.threads) == (3, 2, 1)
@@ -344,7 +346,7 @@ def test_sparse24_is_refused_clearly_without_cuda(tiny_llama):
     with pytest.raises(EnvironmentProblem, match=r"no CUDA device \(torch.cuda.is_available"):
         to_sparse24_(tiny_llama, ["model.layers.0.mlp.gate_proj"])
     with pytest.raises(EnvironmentProblem, match="semi-structured 2:4 sparsity is unavailable"):
-        measure_linear_sparse24(128, 256, 16, torch.float16, warmup=1, iterations=1)
+        measure_linear_sparse24(128, 256, 16, torch.float16, warmup=1, iterations=1, calls=1)
     assert tiny_llama.model.layers[0].mlp.gate_proj.weight.layout == torch.strided
 
 

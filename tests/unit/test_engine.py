@@ -29,7 +29,7 @@ def test_targets_are_the_decoder_linears(tiny_model, tiny_family):
     assert {t.layer_index for t in targets} == {0, 1}
     assert not any("lm_head" in t.name or "embed" in t.name for t in targets)
     # every target's [out, in] view agrees with the input width its forward actually sees
-    stats = collect_dense(tiny_model, WINDOWS, targets)
+    stats = collect_dense(tiny_model, WINDOWS, targets, batch_size=8)
     for target in targets:
         assert stats[target.name].sumsq.shape == (weight_out_in(target.module).shape[1],)
         assert stats[target.name].tokens == WINDOWS.numel()
@@ -48,7 +48,7 @@ def test_sequential_at_zero_sparsity_sees_exactly_the_dense_inputs(tiny_model):
 @pytest.mark.parametrize("mode", ["sequential", "dense"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_prune_every_family(tiny_model, mode, pattern):
-    dense_ppl = perplexity(tiny_model, WINDOWS)
+    dense_ppl = perplexity(tiny_model, WINDOWS, batch_size=4)
     result = prune_model(tiny_model, PruneSpec(mode=mode, pattern=pattern, sparsity=0.5), WINDOWS)
     assert result.report.overall == pytest.approx(0.5)
     assert result.report.valid
@@ -59,12 +59,12 @@ def test_prune_every_family(tiny_model, mode, pattern):
         weight = weight_out_in(target.module)
         assert (weight == 0).float().mean().item() == pytest.approx(0.5)
         assert not torch.signbit(weight[weight == 0]).any()
-    assert dense_ppl != perplexity(tiny_model, WINDOWS)
+    assert dense_ppl != perplexity(tiny_model, WINDOWS, batch_size=4)
 
 
 def test_sequential_sees_pruned_upstream_layers(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
-    dense_stats = collect_dense(model, WINDOWS, find_targets(model))
+    dense_stats = collect_dense(model, WINDOWS, find_targets(model), batch_size=8)
     result = prune_model(model, PruneSpec(mode="sequential", sparsity=0.5), WINDOWS)
     first = "model.layers.0.self_attn.q_proj"
     later = "model.layers.1.self_attn.q_proj"
@@ -133,4 +133,4 @@ def test_uniform_logits_give_perplexity_equal_to_the_vocabulary(tiny_model_dir):
     assert not model.config.tie_word_embeddings
     with torch.no_grad():
         model.lm_head.weight.zero_()
-    assert perplexity(model, WINDOWS) == pytest.approx(model.config.vocab_size, rel=1e-6)
+    assert perplexity(model, WINDOWS, batch_size=4) == pytest.approx(model.config.vocab_size, rel=1e-6)

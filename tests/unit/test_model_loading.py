@@ -379,7 +379,7 @@ def test_perplexity_refuses_non_finite_or_absurd_logits(row, phrase):
 
     windows = torch.tensor([[0, 2, 0, 2], [2, 2, 0, 0]])  # targets avoid the huge logit
     with pytest.raises(ConfigError, match=phrase) as caught:
-        perplexity(_FixedLogits(torch.tensor(row)), windows)
+        perplexity(_FixedLogits(torch.tensor(row)), windows, batch_size=4)
     assert "model: {dtype: float32}" in caught.value.hint
 
 

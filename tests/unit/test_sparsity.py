@@ -137,12 +137,6 @@ def test_verify_counts_violating_groups():
     assert not verify_layer(torch.zeros(1, 6), Pattern(2, 4)).valid
 
 
-def test_verify_minimum_sparsity():
-    weight = torch.tensor([[1.0, 0, 2, 3]])
-    assert verify_layer(weight, Pattern(), 0.25).valid
-    assert not verify_layer(weight, Pattern(), 0.5).valid
-
-
 def test_score_dispatch_errors():
     with pytest.raises(ValueError, match="unknown scoring method"):
         compute_scores("sparsegpt-ish", SLIDE_W, None)

@@ -102,8 +102,8 @@ def open_session(path: Path, *, threads: int, provider: str = CPU,
     return onnx_session(Path(path), execution_providers(provider, trt_cache_dir), threads)
 
 
-def time_session(session, shape: Shape, *, threads: int, warmup: int = 3,
-                 iterations: int = 20, layout: CacheLayout | None = None) -> OnnxLatency:
+def time_session(session, shape: Shape, *, threads: int, warmup: int,
+                 iterations: int, layout: CacheLayout | None = None) -> OnnxLatency:
     """Time one forward of an open session for `shape`; the layout is read off the session
     when not given."""
     layout = layout or session_layout(session)
@@ -111,14 +111,3 @@ def time_session(session, shape: Shape, *, threads: int, warmup: int = 3,
     stats = time_callable(lambda: onnx_step(session, layout, ids, past, shape.past),
                           warmup, iterations)
     return OnnxLatency(shape, session.get_providers()[0], threads, stats)
-
-
-def measure_onnx(path: Path, shape: Shape, *, threads: int, warmup: int = 3,
-                 iterations: int = 20, provider: str = CPU,
-                 layout: CacheLayout | None = None,
-                 trt_cache_dir: Path | None = None) -> OnnxLatency:
-    """Time one forward of the ONNX decoder at `path` for `shape` with `threads` intra-op
-    threads, in a session of its own."""
-    session = open_session(path, threads=threads, provider=provider, trt_cache_dir=trt_cache_dir)
-    return time_session(session, shape, threads=threads, warmup=warmup,
-                        iterations=iterations, layout=layout)

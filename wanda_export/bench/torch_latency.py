@@ -71,8 +71,8 @@ def _accepts(model: nn.Module, argument: str) -> bool:
 
 
 @torch.inference_mode()
-def measure_torch_model(model: nn.Module, shape: Shape, warmup: int = 3,
-                        iterations: int = 20) -> TorchLatency:
+def measure_torch_model(model: nn.Module, shape: Shape, warmup: int,
+                        iterations: int) -> TorchLatency:
     """Time one forward of `model` for `shape` on the model's device and dtype.
 
     Prefill: `batch x seqlen` seeded token ids, no cache, logits of the last position only.
@@ -155,9 +155,9 @@ def to_sparse24_(model: nn.Module, target_names: Iterable[str]) -> int:
 
 
 def random_24_weight(out_features: int, in_features: int, dtype: torch.dtype,
-                     device: str | torch.device, seed: int = 0) -> torch.Tensor:
-    """A seeded random [out, in] weight with the 2 smallest |w| of every 4 inputs zeroed."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+                     device: str | torch.device) -> torch.Tensor:
+    """A random [out, in] weight (seed 0) with the 2 smallest |w| of every 4 inputs zeroed."""
+    generator = torch.Generator(device=device).manual_seed(0)
     weight = torch.randn(out_features, in_features, generator=generator, device=device,
                          dtype=dtype)
     apply_mask_(weight, nm_mask(magnitude_scores(weight), 2, 4))
@@ -166,8 +166,8 @@ def random_24_weight(out_features: int, in_features: int, dtype: torch.dtype,
 
 @torch.inference_mode()
 def measure_linear_sparse24(out_features: int, in_features: int, tokens: int,
-                            dtype: torch.dtype = torch.float16, warmup: int = 10,
-                            iterations: int = 50, calls: int = 10) -> LinearSparse24:
+                            dtype: torch.dtype, warmup: int, iterations: int,
+                            calls: int) -> LinearSparse24:
     """Time dense vs semi-structured `F.linear(x, W)` on CUDA for x [tokens, in_features] and a
     random 2:4 W [out_features, in_features]; each timed iteration makes `calls` calls and the
     stats are per call. speedup = dense p50 / sparse p50."""

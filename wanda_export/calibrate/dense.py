@@ -34,7 +34,7 @@ def collect_dense(
     model: nn.Module,
     windows: torch.Tensor,
     targets: list[Target],
-    batch_size: int = 8,
+    batch_size: int,
     on_batch: Callable[[int], None] | None = None,
     hessian: bool = False,
 ) -> dict[str, ChannelStats]:

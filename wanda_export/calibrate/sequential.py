@@ -99,7 +99,7 @@ def calibrate_sequential(
     windows: torch.Tensor,
     targets: list[Target],
     prune_layer: Callable[[int, dict[str, ChannelStats]], None],
-    batch_size: int = 8,
+    batch_size: int,
     on_layer: Callable[[int], None] | None = None,
     hessian: bool = False,
 ) -> dict[str, ChannelStats]:

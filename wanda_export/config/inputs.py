@@ -19,7 +19,7 @@ from wanda_export.config.limits import (
     MAX_NSAMPLES,
     MAX_SEQLEN,
 )
-from wanda_export.data.sources import TextSource
+from wanda_export.data.sources import DEFAULT_TEXT_FIELD, TextSource
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
@@ -87,7 +87,7 @@ class SourceFields(StrictModel):
 
     source: Literal["builtin", "text", "jsonl", "hf"] = "builtin"
     path: PathText = None
-    text_field: str = Field("text", min_length=1)
+    text_field: str = Field(DEFAULT_TEXT_FIELD, min_length=1)
     dataset: str | None = None
     dataset_config: str | None = None
     data_files: str | None = None
@@ -133,7 +133,7 @@ def source_problems(fields: SourceFields) -> list[dict[str, Any]]:
         for key in SourceFields.HF_ONLY:
             if getattr(fields, key) is not None:
                 problems.append(problem((key,), f"only an 'hf' source takes {key!r}", at_key=True))
-    if kind in ("builtin", "text") and fields.text_field != "text":
+    if kind in ("builtin", "text") and fields.text_field != DEFAULT_TEXT_FIELD:
         problems.append(
             problem(
                 ("text_field",), "only a 'jsonl' or 'hf' source takes 'text_field'", at_key=True

@@ -28,6 +28,8 @@ TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst"})
 MAX_LINE_CHARS = 1 << 23  # prose has paragraphs, not 8 Mi characters without a line break
 _JOIN = "\n\n"
 
+DEFAULT_TEXT_FIELD = "text"  # the record field holding the text, unless `text_field` says
+
 
 @dataclass(frozen=True)
 class TextSource:
@@ -35,7 +37,7 @@ class TextSource:
 
     kind: SourceKind
     path: str | None = None
-    text_field: str = "text"
+    text_field: str = DEFAULT_TEXT_FIELD  # jsonl and hf: the record field holding the text
     dataset: str | None = None
     dataset_config: str | None = None
     data_files: str | None = None

@@ -97,7 +97,7 @@ def onnx_greedy(session, layout: CacheLayout, ids: np.ndarray, new_tokens: int) 
 
 @torch.no_grad()
 def measure_parity(model: nn.Module, tokenizer, onnx_path: Path, layout: CacheLayout,
-                   prompts: tuple[str, ...] = DEFAULT_PROMPTS, new_tokens: int = 32,
+                   new_tokens: int, prompts: tuple[str, ...] = DEFAULT_PROMPTS,
                    threads: int | None = None) -> ParityResult:
     """Compare logits and greedy generations of `model` and the ONNX file on `prompts`."""
     session = onnx_session(onnx_path, threads=threads)

@@ -22,7 +22,7 @@ MAX_MEAN_NLL = math.log(sys.float_info.max)  # exp() of more overflows a float
 def perplexity(
     model: nn.Module,
     windows: torch.Tensor,
-    batch_size: int = 4,
+    batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> float:
     """exp(mean NLL) over `windows` [W, seqlen]; each window predicts its seqlen - 1 next tokens.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from wanda_export.config.inputs import DEVICE_PATTERN, ModelConfig
 from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.model.checkpoint import (
     causal_lm_problem,
@@ -42,7 +43,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 PICKLE_SUFFIXES = (".bin", ".pt")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+_MODEL_SETTINGS = ModelConfig.model_fields  # the defaults of the pipeline file's model: keys
 
 
 @dataclass
@@ -70,7 +71,7 @@ def resolve_device(device: str) -> torch.device:
     """Resolve "auto" to cuda when available else cpu; refuse a GPU device the machine lacks."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not _DEVICE.fullmatch(device):
+    if not DEVICE_PATTERN.fullmatch(device):
         raise ConfigError(f"unsupported device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     resolved = torch.device(device)
     if resolved.type == "cuda":
@@ -232,8 +233,8 @@ def _load_hub(
 def load_model(
     path: str | None,
     *,
-    dtype: str = "float32",
-    device: str = "auto",
+    dtype: str = _MODEL_SETTINGS["dtype"].default,
+    device: str = _MODEL_SETTINGS["device"].default,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     revision: str | None = None,

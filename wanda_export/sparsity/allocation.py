@@ -122,12 +122,6 @@ def alpha_ratios(alphas: Sequence[float], params: Sequence[int], target: float,
     return rebalance(scaled, params, target)
 
 
-def outlier_ratio(scores: torch.Tensor, m: float) -> float:
-    """OWL's layer outlier ratio: the share of scores above m times their mean."""
-    scores = scores.detach().to(torch.float32)
-    return float((scores > m * scores.mean()).float().mean())
-
-
 def owl_ratios(outlier_ratios: Sequence[float], params: Sequence[int], target: float,
                lam: float) -> list[float]:
     """OWL: more outliers, less pruning; ratios in [target - lam, target + lam] around the target,

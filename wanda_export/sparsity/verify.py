@@ -67,12 +67,12 @@ def nm_violations(weight_out_in: torch.Tensor, n: int, m: int) -> int:
     return int((nonzero > n).sum())
 
 
-def verify_layer(weight_out_in: torch.Tensor, pattern: Pattern, min_sparsity: float = 0.0) -> LayerSparsity:
-    """Check one [out, in] weight: zero count, N:M along K if asked, and a minimum ratio."""
+def verify_layer(weight_out_in: torch.Tensor, pattern: Pattern) -> LayerSparsity:
+    """Check one [out, in] weight: its zero count, and N:M along K if the pattern is N:M."""
     zeros = int((weight_out_in == 0).sum())
     numel = weight_out_in.numel()
     violating = 0
-    valid = numel > 0 and zeros / numel + 1e-12 >= min_sparsity
+    valid = numel > 0
     if pattern.structured:
         violating = nm_violations(weight_out_in, pattern.n, pattern.m)
         valid = valid and violating == 0
