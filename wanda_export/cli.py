@@ -23,6 +23,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from wanda_export import __version__
+from wanda_export.config.stages import STAGE_MODELS
 from wanda_export.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
@@ -280,16 +281,8 @@ def _stage_command(stage: str, summary: str):
     app.command(name=stage)(command)
 
 
-for _stage, _summary in [
-    ("calibrate", "Collect activation statistics into the cache."),
-    ("score", "Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's reconstruction)."),
-    ("mask", "Prune to the configured sparsity, pattern and layer-wise allocation."),
-    ("verify", "Check per-layer sparsity and the N:M pattern along K."),
-    ("evaluate", "Measure perplexity, dense and pruned."),
-    ("export", "Write the deployable artifacts."),
-    ("benchmark", "Time the dense and the pruned model on each runtime and shape."),
-]:
-    _stage_command(_stage, _summary)
+for _stage, _model in STAGE_MODELS.items():
+    _stage_command(_stage, _model.summary)
 
 
 @cache_app.command("ls")

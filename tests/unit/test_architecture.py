@@ -163,3 +163,14 @@ def test_the_default_scan_sees_a_repeated_default():
     tree = ast.parse("def collect(x, batch_size=8):\n    pass\n"
                      "class Spec:\n    epsilon: float = 0.3\n")
     assert _literal_defaults(tree) == [("batch_size", 8, 1), ("epsilon", 0.3, 4)]
+
+
+def test_the_stage_list_is_written_once():
+    from wanda_export.cli import app
+    from wanda_export.config.stages import STAGE_MODELS, STAGE_ORDER, StageEntry
+    from wanda_export.pipeline.stages import STAGES
+
+    assert tuple(STAGES) == STAGE_ORDER == tuple(STAGE_MODELS)
+    assert set(StageEntry.model_fields) == set(STAGE_ORDER)
+    commands = {command.name for command in app.registered_commands}
+    assert set(STAGE_ORDER) <= commands

@@ -5,7 +5,7 @@ allowed values, bounds and the rules that tie settings of one stage together. Th
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
     Field,
@@ -58,6 +58,8 @@ _MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
 class CalibrateStage(StrictModel):
     """Collect input statistics: layer by layer on pruned inputs, or in one dense pass."""
 
+    summary: ClassVar[str] = "Collect activation statistics into the cache."
+
     mode: Mode = "sequential"
 
 
@@ -67,6 +69,9 @@ class ScoreStage(StrictModel):
     sparsegpt reconstructs the kept weights from the input Hessian (`dampening` relative to
     its mean diagonal, columns processed in blocks of `block_size`); it takes no group.
     """
+
+    summary: ClassVar[str] = ("Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's "
+                              "reconstruction).")
 
     method: Method = "wanda"
     group: Group | None = None
@@ -94,6 +99,8 @@ class MaskStage(StrictModel):
     s + owl_lambda] from the share of Wanda scores above owl_m times their mean). One ratio per
     decoder block or per matrix (`granularity`). N:M patterns need uniform allocation.
     """
+
+    summary: ClassVar[str] = "Prune to the configured sparsity, pattern and layer-wise allocation."
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: str = "unstructured"
@@ -166,9 +173,13 @@ class MaskStage(StrictModel):
 class VerifyStage(StrictModel):
     """Re-check the pruned weights: sparsity per layer and N:M conformance."""
 
+    summary: ClassVar[str] = "Check per-layer sparsity and the N:M pattern along K."
+
 
 class EvaluateStage(StrictModel):
     """Measure perplexity on the evaluation data, optionally of the dense model too."""
+
+    summary: ClassVar[str] = "Measure perplexity, dense and pruned."
 
     perplexity: bool = True
     dense_baseline: bool = True
@@ -181,6 +192,8 @@ class ExportStage(StrictModel):
     ONNX plus tensorrt.json (2:4 only). With any ONNX format the sparsity is re-verified in the
     file, and with `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
     """
+
+    summary: ClassVar[str] = "Write the deployable artifacts."
 
     formats: list[ExportFormat] = Field(
         default_factory=lambda: ["safetensors"], min_length=1
@@ -223,6 +236,8 @@ class BenchmarkStage(StrictModel):
     semi-structured 2:4 kernels (CUDA, compute capability >= 8.0) against dense fp16 kernels.
     `threads` fixes torch's and onnxruntime's intra-op threads so numbers compare.
     """
+
+    summary: ClassVar[str] = "Time the dense and the pruned model on each runtime and shape."
 
     runtimes: list[RuntimeName] = Field(default_factory=lambda: ["onnxruntime-cpu"],
                                         min_length=1)

@@ -22,7 +22,6 @@ from wanda_export.errors import ConfigError
 from wanda_export.paths import cache_root
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-_CHUNK = 1 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MEMO_FIELD = "sha256"
@@ -83,11 +82,8 @@ def file_sha256(path: str | Path) -> str:
     if stored is not None:
         _file_hashes[key] = stored
         return stored
-    digest = hashlib.sha256()
     with resolved.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    _file_hashes[key] = digest.hexdigest()
+        _file_hashes[key] = hashlib.file_digest(handle, "sha256").hexdigest()
     try:
         atomic_write_bytes(memo, json.dumps({**identity, MEMO_FIELD: _file_hashes[key]}).encode())
     except OSError:  # a read-only cache only costs a rehash next time

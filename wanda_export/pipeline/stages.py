@@ -254,11 +254,12 @@ def run_export(ctx: RunContext) -> StageRecord:
 
 
 STAGES: dict[str, StageFn] = {
-    "benchmark": run_benchmark,
     "calibrate": run_calibrate,
     "score": run_score,
     "mask": run_mask,
     "verify": run_verify,
     "evaluate": run_evaluate,
     "export": run_export,
+    "benchmark": run_benchmark,
 }
+"""The registry: what each stage of `config.stages.STAGE_ORDER` runs (a test keeps them equal)."""

@@ -22,7 +22,6 @@ from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, Spars
 from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
 
 MANIFEST_SCHEMA_VERSION = 1
-CHUNK_BYTES = 1 << 20
 JUNIT_SUITE = "wanda-export gates"
 COLLAPSE_LAYERS_OVER = 20
 SHA_SHOWN = 12
@@ -77,15 +76,11 @@ def write_manifest(artifacts: list[ArtifactRecord], path: PathLike) -> Path:
     )
 
 
-def file_sha256(path: PathLike) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in 1 MiB chunks so big shards fit in memory."""
-    digest = hashlib.sha256()
-    size = 0
+def size_and_sha256(path: PathLike) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, streamed so big shards need no memory."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        return handle.tell(), digest
 
 
 def _relative(relative_path: str | PurePosixPath) -> str:
@@ -105,7 +100,7 @@ def hash_artifacts(out_dir: PathLike, entries: Iterable[tuple[str, str]]) -> lis
     records = []
     for relative_path, fmt in entries:
         rel = _relative(relative_path)
-        size, sha = file_sha256(root / rel)
+        size, sha = size_and_sha256(root / rel)
         records.append(ArtifactRecord(path=rel, format=fmt, bytes=size, sha256=sha))
     return records
 
