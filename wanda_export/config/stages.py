@@ -72,6 +72,8 @@ class ScoreStage(StrictModel):
 
     summary: ClassVar[str] = ("Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's "
                               "reconstruction).")
+    # Settings only method sparsegpt takes (they also key sequential statistics).
+    SPARSEGPT_SETTINGS: ClassVar[tuple[str, ...]] = ("dampening", "block_size")
 
     method: Method = "wanda"
     group: Group | None = None
@@ -81,7 +83,7 @@ class ScoreStage(StrictModel):
     @model_validator(mode="after")
     def _settings_fit_the_method(self) -> Self:
         sparsegpt = self.method == "sparsegpt"
-        problems = only_with(self, ("dampening", "block_size"), sparsegpt, "method 'sparsegpt'")
+        problems = only_with(self, self.SPARSEGPT_SETTINGS, sparsegpt, "method 'sparsegpt'")
         if sparsegpt and self.group is not None:
             problems.append(problem(("group",), "method 'sparsegpt' chooses its mask per block "
                                     "of columns and takes no group", at_key=True))
@@ -101,6 +103,10 @@ class MaskStage(StrictModel):
     """
 
     summary: ClassVar[str] = "Prune to the configured sparsity, pattern and layer-wise allocation."
+    # Settings each layer-wise allocation takes (they also key sequential statistics).
+    ALLOCATION_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "alphapruning": ("epsilon", "alpha_xmin"), "owl": ("owl_m", "owl_lambda"),
+        "layer-wise": ("granularity",)}
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: str = "unstructured"
@@ -118,11 +124,11 @@ class MaskStage(StrictModel):
     @model_validator(mode="after")
     def _allocation_settings(self) -> Self:
         problems = [
-            *only_with(self, ("epsilon", "alpha_xmin"), self.allocation == "alphapruning",
-                       "allocation 'alphapruning'"),
-            *only_with(self, ("owl_m", "owl_lambda"), self.allocation == "owl",
+            *only_with(self, self.ALLOCATION_SETTINGS["alphapruning"],
+                       self.allocation == "alphapruning", "allocation 'alphapruning'"),
+            *only_with(self, self.ALLOCATION_SETTINGS["owl"], self.allocation == "owl",
                        "allocation 'owl'"),
-            *only_with(self, ("granularity",), self.allocation != "uniform",
+            *only_with(self, self.ALLOCATION_SETTINGS["layer-wise"], self.allocation != "uniform",
                        "a layer-wise allocation"),
         ]
         if self.allocation != "uniform" and parse_pattern(self.pattern).structured:

@@ -38,12 +38,11 @@ def plan_settings(spec: PruneSpec) -> dict:
     statistics: the layer-wise allocation and SparseGPT's, each only when in use."""
     settings: dict = {}
     if spec.allocation != "uniform":
-        settings["allocation"] = {"method": spec.allocation, "epsilon": spec.epsilon,
-                                  "alpha_xmin": spec.alpha_xmin, "owl_m": spec.owl_m,
-                                  "owl_lambda": spec.owl_lambda,
-                                  "granularity": spec.granularity}
+        names = [name for group in spec.ALLOCATION_SETTINGS.values() for name in group]
+        settings["allocation"] = {"method": spec.allocation,
+                                  **{name: getattr(spec, name) for name in names}}
     if spec.method == "sparsegpt":
-        settings["sparsegpt"] = {"dampening": spec.dampening, "block_size": spec.block_size}
+        settings["sparsegpt"] = {name: getattr(spec, name) for name in spec.SPARSEGPT_SETTINGS}
     return settings
 
 
