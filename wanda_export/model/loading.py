@@ -169,7 +169,7 @@ def _load_dir(
     return model, tokenizer
 
 
-def _hub_error(repo_id: str, error: Exception) -> Exception:
+def hub_error(repo_id: str, error: Exception) -> Exception:
     """Map a hub failure to ConfigError (no such repo/revision) or EnvironmentProblem."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -198,7 +198,7 @@ def _load_hub(
     common: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,
-        "local_files_only": _offline(),
+        "local_files_only": hub_offline(),
     }
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -206,11 +206,11 @@ def _load_hub(
         )
         tokenizer = AutoTokenizer.from_pretrained(repo_id, **common)
     except OSError as error:
-        raise _hub_error(repo_id, error) from error
+        raise hub_error(repo_id, error) from error
     return model, tokenizer
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     """Whether the user asked for offline mode, read at call time rather than import time."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
