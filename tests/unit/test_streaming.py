@@ -4,8 +4,10 @@ export; resumption; and at most one decoder layer in memory."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -235,9 +237,17 @@ def test_bfloat16_checkpoint_streams_in_its_dtype_with_float32_stats(tiny_model_
     assert outputs[0].hidden[0].dtype == torch.bfloat16
 
 
-def test_at_most_one_decoder_layer_is_materialized(tiny_model_dir):
+def test_at_most_one_decoder_layer_is_materialized(tiny_model_dir, monkeypatch):
     checkpoint = StreamedCheckpoint(tiny_model_dir("phi3"))
     seen: list[tuple[int, list[int], bool]] = []
+    done: list[weakref.ref] = []  # the tensors of the layers already pruned
+    freed: list[bool] = []
+    materialize = checkpoint.materialize
+
+    def materialize_when_freed(module, device, recurse=True):
+        gc.collect()
+        freed.extend(ref() is None for ref in done)
+        materialize(module, device, recurse)
 
     def on_layer(output: LayerOutput) -> None:
         resident = [index for index, layer in enumerate(checkpoint.layers)
@@ -245,10 +255,13 @@ def test_at_most_one_decoder_layer_is_materialized(tiny_model_dir):
         outside = any(p.device.type != "meta" for name, p in checkpoint.model.named_parameters()
                       if not name.startswith(f"{checkpoint.stack_name}."))
         seen.append((output.index, resident, outside))
+        done.extend(weakref.ref(tensor) for tensor in output.tensors.values())
 
+    monkeypatch.setattr(checkpoint, "materialize", materialize_when_freed)
     spec = PruneSpec(method="sparsegpt", batch_size=BATCH)
-    stream_prune(checkpoint, spec, WINDOWS, DictWriter(), device=CPU, on_layer=on_layer)
+    stream_prune(checkpoint, spec, WINDOWS, None, device=CPU, on_layer=on_layer)
     assert seen == [(0, [0], False), (1, [1], False)]
+    assert freed and all(freed)  # layer 0's tensors are gone before layer 1 is read
     assert all(p.device.type == "meta" for p in checkpoint.model.parameters())
     assert module_nbytes(checkpoint.layers[0]) == sum(
         p.numel() * 4 for p in checkpoint.layers[0].parameters())

@@ -169,6 +169,7 @@ def stream_prune(
             for entry in (*layer_stats.values(), *output.stats.values()):
                 entry.xtx = None
             collected.update(output.stats)
+        del output, layer_stats  # nothing of this layer stays resident during the next one
     if writer is not None:
         with timed("write"):
             for name, tensor in checkpoint.outside_tensors():
