@@ -77,11 +77,13 @@ def owl_outlier_ratios(targets: list[Target], stats: dict[str, ChannelStats],
 
 def allocate(targets: list[Target], spec: PruneSpec,
              dense_stats: dict[str, ChannelStats] | None = None,
-             alphas: dict[str, float] | None = None) -> Allocation:
+             alphas: dict[str, float] | None = None,
+             outliers: dict[Hashable, float] | None = None) -> Allocation:
     """Per-target ratios for `spec.allocation`, measured on the still-dense weights.
 
     `alphas` (e.g. from the cache) skips the spectra; OWL needs `dense_stats`, the statistics
-    of the unpruned model.
+    of the unpruned model, or `outliers`, its outlier ratio per group already measured (from a
+    streamed checkpoint, one layer at a time).
     """
     uniform = {t.name: spec.sparsity for t in targets}
     if spec.allocation == "uniform":
@@ -96,9 +98,10 @@ def allocate(targets: list[Target], spec: PruneSpec,
         return Allocation("alphapruning", ratios, alphas={t.name: alphas[t.name] for t in targets},
                           settings=settings)
     if spec.allocation == "owl":
-        if dense_stats is None:
-            raise ValueError("OWL allocation needs the dense model's activation statistics")
-        outliers = owl_outlier_ratios(targets, dense_stats, groups, spec.owl_m)
+        if outliers is None:
+            if dense_stats is None:
+                raise ValueError("OWL allocation needs the dense model's activation statistics")
+            outliers = owl_outlier_ratios(targets, dense_stats, groups, spec.owl_m)
         ratios = owl_allocation(outliers, params, groups, spec.sparsity, spec.owl_lambda)
         settings |= {"owl_m": spec.owl_m, "owl_lambda": spec.owl_lambda}
         return Allocation("owl", ratios, settings=settings,

@@ -9,7 +9,7 @@ produce the inputs of the next layer. Only one layer's activations are alive at 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -29,12 +29,17 @@ class _StopForward(Exception):
     """Raised by the capture hook once layer 0 has been reached."""
 
 
-def _capture_layer0_inputs(
-    model: nn.Module, layer0: nn.Module, windows: torch.Tensor, batch_size: int
+def capture_layer0_inputs(
+    model: nn.Module, layer0: nn.Module, windows: torch.Tensor, batch_size: int,
+    device: torch.device | str | None = None,
 ) -> list[tuple[tuple, dict]]:
-    """Run the model up to layer 0 for each batch; return its (args, kwargs) per batch."""
+    """Run the model up to layer 0 for each batch; return its (args, kwargs) per batch.
+
+    Only the modules before the decoder stack run, so the layers may still be on the meta
+    device (a streamed checkpoint); `device` defaults to that of the model's first parameter.
+    """
     captured: list[tuple[tuple, dict]] = []
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
 
     def hook(_module, args, kwargs):
         captured.append((args, kwargs))
@@ -52,14 +57,20 @@ def _capture_layer0_inputs(
     return captured
 
 
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """A layer's (args, kwargs) with its hidden-states input replaced by `hidden`."""
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _stats_pass(layer: nn.Module, batches: list[tuple[tuple, dict]], targets: list[Target],
-                stats: dict[str, ChannelStats]) -> None:
+def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden-states input among a layer's (args, kwargs)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def stats_pass(layer: nn.Module, batches: Iterable[tuple[tuple, dict]], targets: list[Target],
+               stats: dict[str, ChannelStats]) -> None:
     """Run the unpruned layer on every batch, collecting its targets' input statistics.
 
     Each forward stops as soon as every target has seen its input for the batch: the rest of
@@ -89,7 +100,8 @@ def _stats_pass(layer: nn.Module, batches: list[tuple[tuple, dict]], targets: li
                 handle.remove()
 
 
-def _output_hidden(output: Any) -> torch.Tensor:
+def output_hidden(output: Any) -> torch.Tensor:
+    """The hidden states a decoder layer returned (alone, or first of a tuple)."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -114,19 +126,19 @@ def calibrate_sequential(
             f"sequential calibration only reaches decoder layers; {outside} need mode 'dense'"
         )
     _, layers = find_decoder_layers(model)
-    batches = _capture_layer0_inputs(model, layers[0], windows, batch_size)
+    batches = capture_layer0_inputs(model, layers[0], windows, batch_size)
     all_stats: dict[str, ChannelStats] = {}
     for index, layer in enumerate(layers):
         layer_targets = [t for t in targets if t.layer_index == index]
         stats = empty_stats(layer_targets, hessian)
         if layer_targets:
-            _stats_pass(layer, batches, layer_targets, stats)
+            stats_pass(layer, batches, layer_targets, stats)
             check_finite_stats(stats)
             prune_layer(index, stats)
             all_stats.update(stats)
         if index < len(layers) - 1:  # the last layer's outputs feed nothing we calibrate
             batches = [
-                _with_hidden(args, kwargs, _output_hidden(layer(*args, **kwargs)))
+                with_hidden(args, kwargs, output_hidden(layer(*args, **kwargs)))
                 for args, kwargs in batches
             ]
         if on_layer:

@@ -46,9 +46,14 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
                 or self.allocation == "owl")
 
     @property
+    def prunes_from_statistics(self) -> bool:
+        """Whether the layers' own scores or reconstruction use activation statistics (Wanda,
+        SparseGPT); magnitude needs none (OWL's ratios are measured beforehand)."""
+        return self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+
+    @property
     def calibrates_sequentially(self) -> bool:
         """Layer-by-layer calibration on pruned inputs: only in sequential mode, and only when
         the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
         dense model's statistics alone)."""
-        return self.mode == "sequential" and (
-            self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian)
+        return self.mode == "sequential" and self.prunes_from_statistics

@@ -18,27 +18,45 @@ from safetensors import safe_open
 from wanda_export.atomic import atomic_file
 
 PLAN_METADATA_KEY = "wanda_export.plan"
+PLAN_FILE = "pruning.json"
 
 
-def _canonical(plan: dict[str, Any]) -> str:
+def canonical_plan(plan: dict[str, Any]) -> str:
+    """The plan as canonical JSON (sorted keys, no spaces): the same plan, the same bytes."""
     return json.dumps(plan, sort_keys=True, separators=(",", ":"))
 
 
-def _stamp_plan(weights: Path, plan_json: str) -> None:
-    """Add the plan to a safetensors file's header metadata, atomically and deterministically.
+def stamp_plan(weights: Path, plan_json: str, target: Path | None = None) -> Path:
+    """Write a safetensors file with the plan added to its header metadata, atomically and
+    deterministically, to `target` (default: in place); returns the path written.
 
     The header is rewritten as canonical JSON (sorted keys, padded to 8 bytes as the format
     requires) and the tensor bytes are copied unchanged: safetensors' own writer orders metadata
     keys by a hash map, which would make two identical exports differ byte-wise.
     """
-    with open(weights, "rb") as source, atomic_file(weights) as target:
+    target = target or weights
+    with open(weights, "rb") as source, atomic_file(target) as sink:
         (length,) = struct.unpack("<Q", source.read(8))
         header = json.loads(source.read(length))
         header["__metadata__"] = {**header.get("__metadata__", {}), PLAN_METADATA_KEY: plan_json}
         blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
-        target.write(struct.pack("<Q", len(blob)) + blob)
-        shutil.copyfileobj(source, target, 1 << 20)
+        sink.write(struct.pack("<Q", len(blob)) + blob)
+        shutil.copyfileobj(source, sink, 1 << 20)
+    return target
+
+
+def strip_sparsity_config(directory: Path) -> None:
+    """Remove `sparsity_config` from a checkpoint's config.json, if present."""
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.pop("sparsity_config", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_plan_json(directory: Path, plan: dict[str, Any]) -> None:
+    """The plan beside the weights, as `pruning.json`."""
+    (directory / PLAN_FILE).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
 
 
 def export_checkpoint(model, tokenizer, directory: Path, plan: dict[str, Any]) -> list[Path]:
@@ -51,14 +69,11 @@ def export_checkpoint(model, tokenizer, directory: Path, plan: dict[str, Any]) -
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text())
-    if config.pop("sparsity_config", None) is not None:
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    plan_json = _canonical(plan)
+    strip_sparsity_config(directory)
+    plan_json = canonical_plan(plan)
     for weights in sorted(directory.glob("*.safetensors")):
-        _stamp_plan(weights, plan_json)
-    (directory / "pruning.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+        stamp_plan(weights, plan_json)
+    write_plan_json(directory, plan)
     return sorted(path for path in directory.rglob("*") if path.is_file())
 
 
