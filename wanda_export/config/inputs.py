@@ -20,6 +20,8 @@ from wanda_export.config.limits import (
     MAX_SEQLEN,
 )
 from wanda_export.data.sources import DEFAULT_TEXT_FIELD, TextSource
+from wanda_export.memory import RUNTIME_BYTES as MIN_MEMORY_BUDGET
+from wanda_export.memory import parse_size
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
@@ -47,6 +49,21 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     revision: str | None = None
+    streaming: Literal["auto"] | bool = "auto"
+    memory_budget: str | None = None
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                size = parse_size(value)
+            except ValueError as error:
+                raise custom_error(str(error)) from None
+            if size < MIN_MEMORY_BUDGET:
+                raise custom_error(f"a memory budget of {value} is below the "
+                                   f"{MIN_MEMORY_BUDGET // 2**20} MiB any run needs")
+        return value
 
     @field_validator("path")
     @classmethod

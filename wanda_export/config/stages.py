@@ -39,6 +39,7 @@ from wanda_export.config.limits import (
     MAX_THREADS,
 )
 from wanda_export.errors import did_you_mean
+from wanda_export.memory import parse_size
 from wanda_export.sparsity.pattern import parse_pattern
 
 Mode = Literal["sequential", "dense"]
@@ -206,6 +207,16 @@ class ExportStage(StrictModel):
     )
     parity: bool = True
     parity_tokens: int = Field(32, ge=1, le=MAX_PARITY_TOKENS)
+    max_shard_size: str = "2GiB"  # safetensors shards written while streaming
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _a_size(cls, value: str) -> str:
+        try:
+            parse_size(value)
+        except ValueError as error:
+            raise custom_error(str(error)) from None
+        return value
 
 
 def bounded_shape(text: str) -> str:

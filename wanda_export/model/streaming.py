@@ -20,9 +20,17 @@ from torch import nn
 
 from wanda_export.errors import ConfigError
 from wanda_export.model.default import default_model_dir
+from wanda_export.model.fingerprint import model_fingerprint
 from wanda_export.model.hub import load_error, unreachable_reason
 from wanda_export.model.layers import find_decoder_layers
-from wanda_export.model.loading import PICKLE_SUFFIXES, classify_path
+from wanda_export.model.loading import (
+    PICKLE_SUFFIXES,
+    LoadedModel,
+    classify_path,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
@@ -285,3 +293,20 @@ class StreamedCheckpoint:
                 yield name, self.read([source])[source].to(meta.dtype)
             elif meta.device != META:  # a persistent buffer computed at construction
                 yield name, meta.detach().clone()
+
+
+def load_streamed(path: str | None, *, dtype: str, device: str, trust_remote_code: bool,
+                  revision: str | None) -> tuple[LoadedModel, StreamedCheckpoint]:
+    """`load_model` for a model streamed layer by layer: the same `LoadedModel` record (same
+    source and fingerprint, so cache entries are shared) whose `model` is the weightless
+    skeleton, and the streamed checkpoint that materializes its modules one at a time."""
+    directory = streamable_directory(path, revision)
+    checkpoint = StreamedCheckpoint(directory, resolve_dtype(dtype), trust_remote_code)
+    kind, source = classify_path(path)
+    source = str(directory) if kind == "default" else source
+    loaded = LoadedModel(
+        model=checkpoint.model,
+        tokenizer=load_tokenizer(str(directory), trust_remote_code=trust_remote_code),
+        source=source, kind=kind, fingerprint=model_fingerprint(source, revision),
+        device=resolve_device(device), dtype=checkpoint.dtype)
+    return loaded, checkpoint

@@ -14,8 +14,10 @@ from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
 from wanda_export.export.onnx_verify import OnnxVerification
+from wanda_export.export.sharded import ShardWriter
 from wanda_export.model.layers import Target, find_targets, weight_out_in
 from wanda_export.model.loading import LoadedModel
+from wanda_export.model.streaming import StreamedCheckpoint
 from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.run_plan import RunPlan
@@ -42,6 +44,8 @@ class RunContext:
     onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
     availability: dict[str, Availability] = field(default_factory=dict)  # benchmark runtimes
     run_plan: RunPlan | None = None  # set by the runner once the targets are known
+    checkpoint: StreamedCheckpoint | None = None  # a streamed run's input (`loaded.model`: its skeleton)
+    shard_writer: ShardWriter | None = None  # a streamed run's pruned checkpoint, being written
 
     def keep_dense_weights(self) -> None:
         """Copy every target's unpruned [out, in] weight to CPU memory, before any pruning."""

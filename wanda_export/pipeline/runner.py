@@ -24,13 +24,21 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
-from wanda_export.model.loading import classify_path, load_model
+from wanda_export.model.loading import LoadedModel, classify_path, load_model
+from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
 from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY, plan_run
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
+from wanda_export.pipeline.streamed import (
+    STREAMED_STAGES,
+    decide_memory_mode,
+    discard_unrequested_checkpoint,
+    unsupported_gates,
+)
+from wanda_export.pipeline.streamed import run_dense_baseline as streamed_dense_baseline
 from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
@@ -83,6 +91,18 @@ def _remove_stale_partials(out_dir: Path) -> None:
                 os.replace(old, out_dir)
 
 
+def _load(config: PipelineConfig, streaming: bool
+          ) -> tuple[LoadedModel, StreamedCheckpoint | None]:
+    """The model in memory, or its weightless skeleton and the checkpoint it streams from."""
+    model = config.model
+    arguments = {"dtype": model.dtype, "device": model.device,
+                 "trust_remote_code": model.trust_remote_code, "revision": model.revision}
+    path = model.resolved_path(config.base_dir)
+    if streaming:
+        return load_streamed(path, **arguments)
+    return load_model(path, allow_pickle=model.allow_pickle, **arguments), None
+
+
 def _write_outputs(ctx: RunContext) -> None:
     record, staging = ctx.record, ctx.staging
     charts = {}
@@ -128,28 +148,32 @@ def run_pipeline(
         names = names[: names.index(until) + 1]
     # a gated runtime this machine lacks: exit 4 before any work
     availability = check_runtimes(config) if "benchmark" in names else {}
+    memory = decide_memory_mode(config, names, model_source(config))
+    log.info("memory: %s", memory.describe())
+    if memory.streaming:
+        unsupported_gates(config)
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest())
         start = time.perf_counter()
-        loaded = load_model(config.model.resolved_path(config.base_dir), dtype=config.model.dtype,
-                            device=config.model.device,
-                            trust_remote_code=config.model.trust_remote_code,
-                            allow_pickle=config.model.allow_pickle, revision=config.model.revision)
+        loaded, checkpoint = _load(config, memory.streaming)
         record.stages.append(StageRecord("load", seconds=round(time.perf_counter() - start, 3)))
         record.model = {
             "source": loaded.source, "kind": loaded.kind, "fingerprint": loaded.fingerprint,
             "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
             "architecture": type(loaded.model).__name__,
             "parameters": sum(p.numel() for p in loaded.model.parameters()),
+            "memory": memory.to_dict(),
         }
-        ctx = RunContext(config=config, cache=cache, staging=staging,
-                         record=record, loaded=loaded, progress=progress or NullProgress())
+        ctx = RunContext(config=config, cache=cache, staging=staging, record=record,
+                         loaded=loaded, progress=progress or NullProgress(), checkpoint=checkpoint)
+        stages = STREAMED_STAGES if memory.streaming else STAGES
+        dense_baseline = streamed_dense_baseline if memory.streaming else run_dense_baseline
         ctx.run_plan = plan_run(config, names, loaded.fingerprint,
                                 [target.name for target in ctx.targets],
                                 lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows)
         if "evaluate" in names:  # tokenized now: too little text fails before any forward pass
             _ = ctx.evaluation_windows
-        if "benchmark" in names:
+        if "benchmark" in names and not memory.streaming:
             ctx.availability = availability
             ctx.keep_dense_weights()
         spec = config.prune_spec()
@@ -158,11 +182,13 @@ def run_pipeline(
                            "pattern": spec.pattern, "group": spec.comparison_group,
                            "mode": spec.mode, "targets": len(ctx.targets)}
         if ctx.run_plan.has(DENSE_PERPLEXITY):
-            _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
+            _timed(DENSE_PERPLEXITY, dense_baseline, ctx)
         for name in names:
             if name == "evaluate" and not config.stage("evaluate").perplexity:
                 continue
-            _timed(name, STAGES[name], ctx)
+            _timed(name, stages[name], ctx)
+        if memory.streaming:
+            discard_unrequested_checkpoint(ctx, names)
         # a partial run (one stage command) measures too little for the configured gates
         record.gates = evaluate_gates(config.gates, record, configured=until is None)
         failed = [gate for gate in record.gates if not gate.passed]

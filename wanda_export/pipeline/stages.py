@@ -147,6 +147,12 @@ def run_evaluate(ctx: RunContext) -> StageRecord:
     windows = ctx.evaluation_windows
     with ctx.progress.task("evaluate (pruned)", windows.shape[0]) as advance:
         value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
+    record_pruned_perplexity(ctx, value, windows)
+    return StageRecord("evaluate", detail={"perplexity": value})
+
+
+def record_pruned_perplexity(ctx: RunContext, value: float, windows: torch.Tensor) -> None:
+    """Put the pruned model's perplexity (and its ratio to dense) into the run record."""
     metrics = ctx.record.metrics
     measured = metrics.perplexity = metrics.perplexity or PerplexityMetrics()
     measured.pruned = value
@@ -154,7 +160,6 @@ def run_evaluate(ctx: RunContext) -> StageRecord:
         measured.ratio_to_dense = value / measured.dense
     measured.windows = int(windows.shape[0])
     measured.seqlen = int(windows.shape[1])
-    return StageRecord("evaluate", detail={"perplexity": value})
 
 
 def pruning_plan(ctx: RunContext) -> dict:

@@ -1,0 +1,96 @@
+"""Whole pipelines with the model streamed layer by layer: the same release as in memory."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from wanda_export.cli import app
+
+
+def _pipeline(workdir, name, *, streaming, score="wanda", mode="sequential", mask=None,
+              formats=("safetensors",), gates=None, budget=None):
+    model = {"path": "model", "dtype": "float32", "device": "cpu", "streaming": streaming}
+    if budget is not None:
+        model["memory_budget"] = budget
+    data = {"version": 1, "model": model,
+            "data": {"calibration": {"source": "text", "path": "calib.txt", "nsamples": 4,
+                                     "seqlen": 32, "seed": 0},
+                     "evaluation": {"source": "text", "path": "eval.txt", "seqlen": 32,
+                                    "max_windows": 4}},
+            "stages": [{"calibrate": {"mode": mode}}, {"score": {"method": score}},
+                       {"mask": mask or {"pattern": "2:4"}}, {"verify": {}}, {"evaluate": {}},
+                       {"export": {"formats": list(formats)}}],
+            "gates": gates or {}}
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(path, out, code=0):
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == code, result.stdout + result.stderr
+    return result
+
+
+def _weights(folder):
+    tensors = {}
+    for file in sorted(glob.glob(f"{folder}/model/*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+@pytest.mark.parametrize(("score", "mode", "mask"), [
+    ("wanda", "sequential", {"pattern": "2:4"}),
+    ("sparsegpt", "dense", {"sparsity": 0.5}),
+    ("magnitude", "dense", {"sparsity": 0.6, "allocation": "owl"}),
+])
+def test_streamed_release_equals_the_in_memory_one(workdir, score, mode, mask):
+    reports = {}
+    for streaming in (False, True):
+        out = workdir / f"out-{streaming}"
+        _run(_pipeline(workdir, f"p-{streaming}", streaming=streaming, score=score, mode=mode,
+                       mask=mask), out)
+        reports[streaming] = json.loads((out / "report.json").read_text())
+    memory, streamed = reports[False], reports[True]
+    assert (memory["model"]["memory"]["mode"], streamed["model"]["memory"]["mode"]) == (
+        "in-memory", "streaming")
+    assert streamed["metrics"]["perplexity"] == memory["metrics"]["perplexity"]
+    assert streamed["sparsity"]["layers"] == memory["sparsity"]["layers"]
+    a, b = _weights(workdir / "out-False"), _weights(workdir / "out-True")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    stages = {s["name"]: s["detail"] for s in streamed["stages"]}
+    assert stages["verify"]["streamed"] and stages["mask"]["pruned_during"] in ("calibrate",
+                                                                                "mask")
+
+
+def test_streaming_skips_what_needs_the_whole_model(workdir):
+    out = workdir / "out"
+    _run(_pipeline(workdir, "onnx", streaming=True, formats=("safetensors", "onnx")), out)
+    report = json.loads((out / "report.json").read_text())
+    export = next(s for s in report["stages"] if s["name"] == "export")
+    assert "onnx" in export["detail"]["skipped"] and not (out / "onnx").exists()
+    assert (out / "model" / "pruning.json").exists()
+
+
+def test_a_gate_that_needs_the_whole_model_exits_4_before_any_work(workdir):
+    path = _pipeline(workdir, "parity", streaming=True, formats=("safetensors", "onnx"),
+                     gates={"parity": {"max_abs_diff": 0.001}})
+    result = _run(path, workdir / "out", code=4)
+    assert "gates parity need the ONNX export" in " ".join(result.stderr.split())
+    assert not (workdir / "out").exists()
+
+
+def test_a_budget_the_run_cannot_fit_exits_4_with_the_numbers(workdir):
+    path = _pipeline(workdir, "small", streaming=False, budget="600MiB")
+    result = _run(path, workdir / "out", code=4)
+    message = " ".join(result.stderr.split())
+    assert "in memory" in message and "budget is 0.59 GiB (model.memory_budget)" in message
+    assert not (workdir / "out").exists()

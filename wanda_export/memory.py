@@ -1,0 +1,164 @@
+"""How much memory a run may use and how much it needs, in memory or streaming its layers.
+
+The budget is the `memory_budget` setting, else the smaller of the machine's available memory
+and the limit of the memory cgroup the process runs in (CI runners and containers limit memory
+that way: cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`). The needs are estimated from the
+model's shapes on the meta device, so the choice is made before any weight is read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wanda_export.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+# Python, torch and transformers themselves, measured at about 0.4-0.5 GiB on this project's CPU
+# machine (benchmarks/streaming.py); counted once in every estimate.
+RUNTIME_BYTES = 600 * 2**20
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_MEMINFO = Path("/proc/meminfo")
+UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as "6GiB", "512MiB", "8GB" or "1000000"; ValueError otherwise."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 6GiB, 512MiB or 8GB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def format_size(size: int) -> str:
+    """A size in GiB with two decimals, for messages."""
+    return f"{size / 2**30:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How many bytes the run may use, and where that number came from."""
+
+    bytes: int
+    source: str
+
+
+def _cgroup_limit() -> tuple[int, str] | None:
+    """The memory limit of this process's cgroup (v2, else v1), or None without one."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        candidates = []
+        if controllers == "":  # cgroup v2: one unified hierarchy
+            candidates.append((CGROUP_ROOT / path.lstrip("/") / "memory.max",
+                               "cgroup v2 memory.max"))
+        elif "memory" in controllers.split(","):
+            candidates.append((CGROUP_ROOT / "memory" / path.lstrip("/") / "memory.limit_in_bytes",
+                               "cgroup v1 memory.limit_in_bytes"))
+        for file, source in candidates:
+            try:
+                text = file.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < UNLIMITED:
+                return int(text), f"{source} ({file})"
+    return None
+
+
+def _available_memory() -> int:
+    """MemAvailable of /proc/meminfo, in bytes."""
+    for line in PROC_MEMINFO.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise EnvironmentProblem("cannot read the available memory from /proc/meminfo",
+                             hint="set model: {memory_budget: ...} in the pipeline file")
+
+
+def detect_budget(configured: str | None) -> MemoryBudget:
+    """The run's budget: `configured` if set, else min(available memory, cgroup limit)."""
+    if configured is not None:
+        return MemoryBudget(parse_size(configured), "model.memory_budget")
+    budget = MemoryBudget(_available_memory(), "available memory (/proc/meminfo MemAvailable)")
+    limit = _cgroup_limit()
+    if limit is not None and limit[0] < budget.bytes:
+        budget = MemoryBudget(*limit)
+    return budget
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs, from the model's shapes: all weights, the largest decoder layer, the
+    modules outside the decoder stack, and the working set of each way of running."""
+
+    weights: int
+    largest_layer: int
+    outside_layers: int
+    in_memory: int
+    streaming: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready, in bytes."""
+        return asdict(self)
+
+
+def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, *,
+                    windows: int, seqlen: int, batch_size: int, hessian: bool,
+                    keep_dense_copy: bool) -> MemoryEstimate:
+    """Estimate a run's needs from `model` on the meta device (its parameters' shapes).
+
+    In memory: the runtime, every weight (twice the decoder's when the benchmark keeps a dense
+    copy), one batch's activations and every layer's statistics (X^T X with `hessian`).
+    Streaming: the runtime, the modules outside the decoder stack, one layer (twice: the
+    layer and its pruned tensors on their way to the shard writer), the hidden states of all
+    windows in and out of a layer, and one layer's statistics.
+    """
+    from wanda_export.model.layers import is_linear, weight_out_in
+
+    def size(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters()) * element_size
+
+    weights = size(model)
+    per_layer = [size(layer) for layer in layers]
+    largest = max(per_layer)
+    outside = weights - sum(per_layer)
+    hidden = int(model.config.get_text_config().hidden_size)
+    inputs_per_layer = [
+        sorted({weight_out_in(m).shape[1] for m in layer.modules() if is_linear(m)})
+        for layer in layers]
+    stats = [sum((n * n if hessian else n) * 4 for n in widths) for widths in inputs_per_layer]
+    activations = batch_size * seqlen * max(hidden * 16, model.config.vocab_size) * 4
+    in_memory = (RUNTIME_BYTES + weights + (sum(per_layer) if keep_dense_copy else 0)
+                 + activations + sum(stats))
+    states = 2 * windows * seqlen * hidden * element_size
+    streaming = RUNTIME_BYTES + outside + 2 * largest + states + max(stats) + activations
+    return MemoryEstimate(weights, largest, outside, in_memory, streaming)
+
+
+def choose_streaming(setting: bool | str, estimate: MemoryEstimate,
+                     budget: MemoryBudget) -> bool:
+    """Whether to stream: as set, or under "auto" when the in-memory run would not fit the
+    budget. A run that cannot fit even streaming raises EnvironmentProblem (exit 4) with the
+    numbers."""
+    streaming = estimate.in_memory > budget.bytes if setting == "auto" else bool(setting)
+    need = estimate.streaming if streaming else estimate.in_memory
+    if need > budget.bytes:
+        how = "streaming one layer at a time" if streaming else "in memory"
+        raise EnvironmentProblem(
+            f"the run needs about {format_size(need)} {how} (largest decoder layer "
+            f"{format_size(estimate.largest_layer)}, outside the layers "
+            f"{format_size(estimate.outside_layers)}, all weights {format_size(estimate.weights)})"
+            f" but the memory budget is {format_size(budget.bytes)} ({budget.source})",
+            hint="raise model: {memory_budget: ...}, run on a machine with more memory, use "
+            "fewer calibration windows" + ("" if streaming else ", or set streaming: auto"))
+    return streaming

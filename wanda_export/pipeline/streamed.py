@@ -1,0 +1,254 @@
+"""The stages of a run that streams its decoder layers (a model larger than the memory budget):
+the same stage names and records as `stages.py`, with the work done by `stream/` one layer at a
+time and the pruned checkpoint written shard by shard into the release as it is produced.
+
+Pruning happens in the calibrate stage when the method calibrates, otherwise in the mask stage
+(the records say which). What needs the whole model in one runtime (the ONNX export, parity,
+the benchmark) is skipped with the reason; a gate that needs it stops the run before any work
+(`unsupported_gates`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from wanda_export.config import PipelineConfig
+from wanda_export.config.stages import ONNX_FORMATS
+from wanda_export.errors import EnvironmentProblem
+from wanda_export.evaluate.streaming import stream_perplexity
+from wanda_export.export.sharded import ShardWriter
+from wanda_export.memory import (
+    MemoryBudget,
+    MemoryEstimate,
+    choose_streaming,
+    detect_budget,
+    estimate_memory,
+    format_size,
+    parse_size,
+)
+from wanda_export.model.streaming import StreamedCheckpoint
+from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY
+from wanda_export.pipeline.stages import (
+    CHECKPOINT_DIR,
+    STAGES,
+    artifact_sizes,
+    pruning_plan,
+    record_pruned_perplexity,
+)
+from wanda_export.report.metrics import PerplexityMetrics, SparsityRecord
+from wanda_export.report.record import StageRecord
+from wanda_export.stream.allocation import stream_allocation
+from wanda_export.stream.forward import stream_dense_statistics
+from wanda_export.stream.prune import stream_prune, stream_verify
+
+WHOLE_MODEL = "the model exceeds the memory budget, and this stage needs it whole in one runtime"
+
+
+@dataclass(frozen=True)
+class MemoryMode:
+    """How a run holds its model: streamed or in memory, the budget and the estimate."""
+
+    streaming: bool
+    budget: MemoryBudget
+    estimate: MemoryEstimate
+
+    def to_dict(self) -> dict:
+        """JSON-ready, for report.json's `model.memory`."""
+        return {"mode": "streaming" if self.streaming else "in-memory",
+                "budget_bytes": self.budget.bytes, "budget_source": self.budget.source,
+                "estimate": self.estimate.to_dict()}
+
+    def describe(self) -> str:
+        """One line for logs and `plan`."""
+        need = self.estimate.streaming if self.streaming else self.estimate.in_memory
+        return (f"{'streaming' if self.streaming else 'in memory'}: needs about "
+                f"{format_size(need)} of a {format_size(self.budget.bytes)} budget "
+                f"({self.budget.source})")
+
+
+def decide_memory_mode(config: PipelineConfig, stage_names: list[str], source: str) -> MemoryMode:
+    """Stream or not, from the model's shapes on the meta device (no weight read), the run's
+    data sizes and the memory budget; exit 4 when even streaming cannot fit."""
+    from wanda_export.config import meta_model
+    from wanda_export.model.layers import find_decoder_layers
+    from wanda_export.model.loading import resolve_dtype
+
+    model = config.model
+    skeleton = meta_model(source, revision=model.revision,
+                          trust_remote_code=model.trust_remote_code)
+    calibration, evaluation = config.data.calibration, config.data.evaluation
+    spec = config.prune_spec()
+    sizes = [(calibration.nsamples, calibration.seqlen, calibration.batch_size)
+             if calibration is not None and "calibrate" in stage_names else (0, 1, 1)]
+    if evaluation is not None and "evaluate" in stage_names:
+        sizes.append((evaluation.max_windows or 1, evaluation.seqlen, evaluation.batch_size))
+    windows, seqlen, batch_size = max(sizes, key=lambda size: size[0] * size[1])
+    estimate = estimate_memory(
+        skeleton, find_decoder_layers(skeleton)[1], resolve_dtype(model.dtype).itemsize,
+        windows=windows, seqlen=seqlen, batch_size=batch_size,
+        hessian=spec is not None and spec.needs_hessian,
+        keep_dense_copy="benchmark" in stage_names)
+    budget = detect_budget(model.memory_budget)
+    return MemoryMode(choose_streaming(model.streaming, estimate, budget), budget, estimate)
+
+
+def discard_unrequested_checkpoint(ctx: RunContext, stage_names: list[str]) -> None:
+    """Remove the streamed pruned checkpoint from the release unless the export stage asked
+    for safetensors (a streamed run writes it as it prunes, wherever it ends up)."""
+    export = ctx.config.stage("export")
+    if "export" in stage_names and export is not None and "safetensors" in export.formats:
+        return
+    ctx.shard_writer = None
+    shutil.rmtree(ctx.staging / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def unsupported_gates(config: PipelineConfig) -> None:
+    """Refuse (exit 4) a streamed run whose gates need the whole model in one runtime."""
+    needing = [name for name, gate in (("parity", config.gates.parity),
+                                       ("latency", config.gates.latency),
+                                       ("tensorrt", config.gates.tensorrt)) if gate is not None]
+    if needing:
+        raise EnvironmentProblem(
+            f"the model is streamed (it exceeds the memory budget), but gates "
+            f"{', '.join(needing)} need the ONNX export or the benchmark of the whole model",
+            hint="raise model: {memory_budget: ...}, or drop those gates for this model")
+
+
+def _writer(ctx: RunContext) -> ShardWriter:
+    """The shard writer of the pruned checkpoint, in the release's model/ folder."""
+    if ctx.shard_writer is None:
+        limit = parse_size(ctx.config.stage("export").max_shard_size) if ctx.config.stage(
+            "export") else parse_size("2GiB")
+        ctx.shard_writer = ShardWriter(ctx.staging / CHECKPOINT_DIR, limit)
+    return ctx.shard_writer
+
+
+def _prune(ctx: RunContext, stage: str) -> StageRecord:
+    """Allocate, then stream every layer through calibration (when the method needs it),
+    pruning and the shard writer; record the sparsity reached."""
+    spec, checkpoint, device = ctx.spec, ctx.checkpoint, ctx.loaded.device
+    windows = ctx.calibration_windows if spec.needs_calibration else None
+    dense = None
+    if spec.allocation == "owl":
+        dense = stream_dense_statistics(checkpoint, windows, ctx.targets, device=device,
+                                        batch_size=spec.batch_size)
+    ctx.allocation = stream_allocation(checkpoint, ctx.targets, spec, dense, device=device)
+    layers = len(checkpoint.layers)
+    with ctx.progress.task(f"{stage} (streamed)", layers) as advance:
+        result = stream_prune(checkpoint, spec, windows if spec.prunes_from_statistics else None,
+                              _writer(ctx), device=device, ratios=ctx.allocation.ratios,
+                              on_layer=lambda _output: advance(1))
+    ctx.pruned_in_calibration = stage == "calibrate"
+    ctx.record.sparsity = SparsityRecord(pattern=str(ctx.pattern), target=spec.sparsity,
+                                         report=result.report, allocation=ctx.allocation)
+    return StageRecord(stage, cache="miss", detail={
+        "streamed": True, "layers": layers, "pruned": True,
+        "seconds": {key: round(value, 3) for key, value in result.seconds.items()}})
+
+
+def run_calibrate(ctx: RunContext) -> StageRecord:
+    """Stream the layers through calibration and pruning (the statistics of one layer at a
+    time, freed once it is pruned)."""
+    if ctx.run_plan.calibration is None:
+        return StageRecord("calibrate", status="skipped",
+                           detail={"reason": "the scoring method needs no activations"})
+    record = _prune(ctx, "calibrate")
+    record.detail["mode"] = ctx.run_plan.calibration
+    return record
+
+
+def run_mask(ctx: RunContext) -> StageRecord:
+    """Prune here when no calibration did (magnitude), else record what calibration pruned."""
+    if not ctx.pruned_in_calibration:
+        _prune(ctx, "mask")
+    sparsity = ctx.record.sparsity
+    return StageRecord("mask", detail={
+        "layers": len(ctx.targets), "overall": sparsity.report.overall,
+        "allocation": ctx.allocation.method, "streamed": True,
+        "pruned_during": "calibrate" if ctx.pruned_in_calibration else "mask"})
+
+
+def _finish_checkpoint(ctx: RunContext) -> Path:
+    """Close the shard writer: index, config, tokenizer and the plan beside the shards."""
+    directory = ctx.staging / CHECKPOINT_DIR
+    if ctx.shard_writer is not None:
+        ctx.shard_writer.finish(pruning_plan(ctx), ctx.checkpoint.config, ctx.loaded.tokenizer,
+                                ctx.checkpoint.generation_config)
+        ctx.shard_writer = None
+    return directory
+
+
+def _pruned_checkpoint(ctx: RunContext) -> StreamedCheckpoint:
+    """The pruned checkpoint as written, opened for streaming."""
+    return StreamedCheckpoint(_finish_checkpoint(ctx), ctx.checkpoint.dtype)
+
+
+def run_verify(ctx: RunContext) -> StageRecord:
+    """Re-read every pruned weight from the written shards and check it."""
+    written = _pruned_checkpoint(ctx)
+    report = stream_verify(written, ctx.spec.targets_of(written.model), ctx.pattern)
+    ctx.record.sparsity = SparsityRecord(pattern=str(ctx.pattern), target=ctx.spec.sparsity,
+                                         report=report, allocation=ctx.allocation,
+                                         verified=True)
+    invalid = report.invalid_layers
+    return StageRecord("verify", status="ok" if not invalid else "failed",
+                       detail={"overall": report.overall, "invalid_layers": invalid,
+                               "streamed": True})
+
+
+def run_dense_baseline(ctx: RunContext) -> StageRecord:
+    """Streamed perplexity of the unpruned checkpoint, cached like the in-memory one."""
+    import torch
+
+    windows, use = ctx.evaluation_windows, ctx.run_plan.use(DENSE_PERPLEXITY)
+
+    def compute():
+        value = stream_perplexity(ctx.checkpoint, windows, ctx.config.data.evaluation.batch_size,
+                                  device=ctx.loaded.device)
+        return {"perplexity": torch.tensor([value], dtype=torch.float64)}
+
+    tensors, hit = ctx.cache.get_or_compute(use.kind, use.key, compute, use.record)
+    dense = float(tensors["perplexity"][0])
+    metrics = ctx.record.metrics
+    metrics.perplexity = metrics.perplexity or PerplexityMetrics()
+    metrics.perplexity.dense = dense
+    return StageRecord(DENSE_PERPLEXITY, cache="hit" if hit else "miss",
+                       detail={"perplexity": dense, "windows": int(windows.shape[0]),
+                               "streamed": True})
+
+
+def run_evaluate(ctx: RunContext) -> StageRecord:
+    """Streamed perplexity of the pruned checkpoint as written."""
+    windows = ctx.evaluation_windows
+    value = stream_perplexity(_pruned_checkpoint(ctx), windows,
+                              ctx.config.data.evaluation.batch_size, device=ctx.loaded.device)
+    record_pruned_perplexity(ctx, value, windows)
+    return StageRecord("evaluate", detail={"perplexity": value, "streamed": True})
+
+
+def run_export(ctx: RunContext) -> StageRecord:
+    """The safetensors checkpoint is already written, shard by shard; ONNX formats need the
+    whole model and are skipped with the reason."""
+    formats = list(ctx.config.stage("export").formats)
+    _finish_checkpoint(ctx)
+    skipped = sorted(ONNX_FORMATS & set(formats))
+    discard_unrequested_checkpoint(ctx, ["export"])
+    ctx.record.metrics.sizes = artifact_sizes(ctx)
+    detail = {"formats": formats, "streamed": True,
+              "shards": len(list((ctx.staging / CHECKPOINT_DIR).glob("*.safetensors")))}
+    if skipped:
+        detail["skipped"] = {name: WHOLE_MODEL for name in skipped}
+    return StageRecord("export", detail=detail)
+
+
+def run_benchmark(ctx: RunContext) -> StageRecord:
+    """Latency needs the whole model in one runtime: skipped with the reason."""
+    return StageRecord("benchmark", status="skipped", detail={"reason": WHOLE_MODEL})
+
+
+STREAMED_STAGES = {**STAGES, "calibrate": run_calibrate, "mask": run_mask, "verify": run_verify,
+                   "evaluate": run_evaluate, "export": run_export, "benchmark": run_benchmark}
+"""The stage registry of a streamed run: `stages.STAGES` with the streamed stages swapped in."""
