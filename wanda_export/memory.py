@@ -114,14 +114,15 @@ class MemoryEstimate:
 
 def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, *,
                     windows: int, seqlen: int, batch_size: int, hessian: bool,
-                    keep_dense_copy: bool) -> MemoryEstimate:
+                    keep_dense_copy: bool, shard_bytes: int) -> MemoryEstimate:
     """Estimate a run's needs from `model` on the meta device (its parameters' shapes).
 
     In memory: the runtime, every weight (twice the decoder's when the benchmark keeps a dense
     copy), one batch's activations and every layer's statistics (X^T X with `hessian`).
-    Streaming: the runtime, the modules outside the decoder stack, one layer (twice: the
-    layer and its pruned tensors on their way to the shard writer), the hidden states of all
-    windows in and out of a layer, and one layer's statistics.
+    Streaming: the runtime, the modules outside the decoder stack (the input embeddings and
+    the output head are never resident together), one layer (twice: the layer and its pruned
+    tensors on their way to the writer), the shard being filled (`shard_bytes`), the hidden
+    states of all windows in and out of a layer, and one layer's statistics.
     """
     from wanda_export.model.layers import is_linear, weight_out_in
 
@@ -132,6 +133,9 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, 
     per_layer = [size(layer) for layer in layers]
     largest = max(per_layer)
     outside = weights - sum(per_layer)
+    embeddings, output = model.get_input_embeddings(), model.get_output_embeddings()
+    untied_head = output is not None and output.weight is not embeddings.weight
+    outside_peak = outside - min(size(embeddings), size(output) if untied_head else 0)
     hidden = int(model.config.get_text_config().hidden_size)
     inputs_per_layer = [
         sorted({weight_out_in(m).shape[1] for m in layer.modules() if is_linear(m)})
@@ -141,7 +145,8 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, 
     in_memory = (RUNTIME_BYTES + weights + (sum(per_layer) if keep_dense_copy else 0)
                  + activations + sum(stats))
     states = 2 * windows * seqlen * hidden * element_size
-    streaming = RUNTIME_BYTES + outside + 2 * largest + states + max(stats) + activations
+    streaming = (RUNTIME_BYTES + outside_peak + 2 * largest + min(shard_bytes, weights) + states
+                 + max(stats) + activations)
     return MemoryEstimate(weights, largest, outside, in_memory, streaming)
 
 

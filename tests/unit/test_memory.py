@@ -80,12 +80,12 @@ def test_the_estimate_counts_layers_weights_and_hidden_states(tiny_model_dir):
         model = AutoModelForCausalLM.from_config(config)
     layers = find_decoder_layers(model)[1]
     estimate = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                               hessian=False, keep_dense_copy=False)
+                               hessian=False, keep_dense_copy=False, shard_bytes=GIB)
     per_layer = sum(p.numel() for p in layers[0].parameters()) * 4
     assert estimate.weights == sum(p.numel() for p in model.parameters()) * 4
     assert estimate.largest_layer == per_layer
     assert estimate.outside_layers == estimate.weights - len(layers) * per_layer
     assert estimate.streaming < estimate.in_memory or len(layers) < 3
     with_hessian = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                                   hessian=True, keep_dense_copy=True)
+                                   hessian=True, keep_dense_copy=True, shard_bytes=GIB)
     assert with_hessian.in_memory > estimate.in_memory + len(layers) * per_layer

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wanda_export.config import PipelineConfig
-from wanda_export.config.stages import ONNX_FORMATS
+from wanda_export.config.stages import ONNX_FORMATS, ExportStage
 from wanda_export.errors import EnvironmentProblem
 from wanda_export.evaluate.streaming import stream_perplexity
 from wanda_export.export.sharded import ShardWriter
@@ -90,7 +90,7 @@ def decide_memory_mode(config: PipelineConfig, stage_names: list[str], source: s
         skeleton, find_decoder_layers(skeleton)[1], resolve_dtype(model.dtype).itemsize,
         windows=windows, seqlen=seqlen, batch_size=batch_size,
         hessian=spec is not None and spec.needs_hessian,
-        keep_dense_copy="benchmark" in stage_names)
+        keep_dense_copy="benchmark" in stage_names, shard_bytes=_max_shard_bytes(config))
     budget = detect_budget(model.memory_budget)
     return MemoryMode(choose_streaming(model.streaming, estimate, budget), budget, estimate)
 
@@ -117,12 +117,16 @@ def unsupported_gates(config: PipelineConfig) -> None:
             hint="raise model: {memory_budget: ...}, or drop those gates for this model")
 
 
+def _max_shard_bytes(config: PipelineConfig) -> int:
+    """The export stage's `max_shard_size` (its default without an export stage)."""
+    export = config.stage("export") or ExportStage()
+    return parse_size(export.max_shard_size)
+
+
 def _writer(ctx: RunContext) -> ShardWriter:
     """The shard writer of the pruned checkpoint, in the release's model/ folder."""
     if ctx.shard_writer is None:
-        limit = parse_size(ctx.config.stage("export").max_shard_size) if ctx.config.stage(
-            "export") else parse_size("2GiB")
-        ctx.shard_writer = ShardWriter(ctx.staging / CHECKPOINT_DIR, limit)
+        ctx.shard_writer = ShardWriter(ctx.staging / CHECKPOINT_DIR, _max_shard_bytes(ctx.config))
     return ctx.shard_writer
 
 
