@@ -38,7 +38,6 @@ from wanda_export.pipeline.streamed import (
     discard_unrequested_checkpoint,
     unsupported_gates,
 )
-from wanda_export.pipeline.streamed import run_dense_baseline as streamed_dense_baseline
 from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
@@ -167,7 +166,6 @@ def run_pipeline(
         ctx = RunContext(config=config, cache=cache, staging=staging, record=record,
                          loaded=loaded, progress=progress or NullProgress(), checkpoint=checkpoint)
         stages = STREAMED_STAGES if memory.streaming else STAGES
-        dense_baseline = streamed_dense_baseline if memory.streaming else run_dense_baseline
         ctx.run_plan = plan_run(config, names, loaded.fingerprint,
                                 [target.name for target in ctx.targets],
                                 lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows)
@@ -182,7 +180,7 @@ def run_pipeline(
                            "pattern": spec.pattern, "group": spec.comparison_group,
                            "mode": spec.mode, "targets": len(ctx.targets)}
         if ctx.run_plan.has(DENSE_PERPLEXITY):
-            _timed(DENSE_PERPLEXITY, dense_baseline, ctx)
+            _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
         for name in names:
             if name == "evaluate" and not config.stage("evaluate").perplexity:
                 continue

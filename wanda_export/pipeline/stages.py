@@ -21,6 +21,7 @@ from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
 from wanda_export.config.stages import ONNX_FORMATS
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
+from wanda_export.evaluate.streaming import stream_perplexity
 from wanda_export.export.onnx import convert_to_fp16, export_onnx
 from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
@@ -123,13 +124,18 @@ def run_verify(ctx: RunContext) -> StageRecord:
 
 
 def run_dense_baseline(ctx: RunContext) -> StageRecord:
-    """Perplexity of the unpruned model (before any mask), cached per model and evaluation set."""
+    """Perplexity of the unpruned model (before any mask), cached per model and evaluation set;
+    a streamed run measures its checkpoint one layer at a time, to the same value."""
     data = ctx.config.data.evaluation
     windows, use = ctx.evaluation_windows, ctx.run_plan.use(DENSE_PERPLEXITY)
 
     def compute():
-        with ctx.progress.task("evaluate (dense)", windows.shape[0]) as advance:
-            value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
+        if ctx.checkpoint is not None:
+            value = stream_perplexity(ctx.checkpoint, windows, data.batch_size,
+                                      device=ctx.loaded.device)
+        else:
+            with ctx.progress.task("evaluate (dense)", windows.shape[0]) as advance:
+                value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
         return {"perplexity": torch.tensor([value], dtype=torch.float64)}
 
     tensors, hit = ctx.cache.get_or_compute(use.kind, use.key, compute, use.record)

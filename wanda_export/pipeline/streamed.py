@@ -30,7 +30,6 @@ from wanda_export.memory import (
 )
 from wanda_export.model.streaming import StreamedCheckpoint
 from wanda_export.pipeline.context import RunContext
-from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY
 from wanda_export.pipeline.stages import (
     CHECKPOINT_DIR,
     STAGES,
@@ -38,7 +37,7 @@ from wanda_export.pipeline.stages import (
     pruning_plan,
     record_pruned_perplexity,
 )
-from wanda_export.report.metrics import PerplexityMetrics, SparsityRecord
+from wanda_export.report.metrics import SparsityRecord
 from wanda_export.report.record import StageRecord
 from wanda_export.stream.allocation import stream_allocation
 from wanda_export.stream.forward import stream_dense_statistics
@@ -200,27 +199,6 @@ def run_verify(ctx: RunContext) -> StageRecord:
     invalid = report.invalid_layers
     return StageRecord("verify", status="ok" if not invalid else "failed",
                        detail={"overall": report.overall, "invalid_layers": invalid,
-                               "streamed": True})
-
-
-def run_dense_baseline(ctx: RunContext) -> StageRecord:
-    """Streamed perplexity of the unpruned checkpoint, cached like the in-memory one."""
-    import torch
-
-    windows, use = ctx.evaluation_windows, ctx.run_plan.use(DENSE_PERPLEXITY)
-
-    def compute():
-        value = stream_perplexity(ctx.checkpoint, windows, ctx.config.data.evaluation.batch_size,
-                                  device=ctx.loaded.device)
-        return {"perplexity": torch.tensor([value], dtype=torch.float64)}
-
-    tensors, hit = ctx.cache.get_or_compute(use.kind, use.key, compute, use.record)
-    dense = float(tensors["perplexity"][0])
-    metrics = ctx.record.metrics
-    metrics.perplexity = metrics.perplexity or PerplexityMetrics()
-    metrics.perplexity.dense = dense
-    return StageRecord(DENSE_PERPLEXITY, cache="hit" if hit else "miss",
-                       detail={"perplexity": dense, "windows": int(windows.shape[0]),
                                "streamed": True})
 
 
