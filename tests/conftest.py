@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random checkpoints per model family, a tiny GGUF, and the real default model.
+"""Shared fixtures: tiny random checkpoints per model family (folders and loaded models), a tiny
+GGUF, a private cache folder, and the real default model.
 
 Tiny checkpoints are built once per session (no download); the SmolLM2 default model is converted
 once into the user cache and reused across sessions.
@@ -10,6 +11,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
     return build
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Callable[[str], Path]) -> Callable[[str], Any]:
+    """Factory: ``tiny_model("llama")`` loads a fresh copy of that tiny checkpoint in eval mode
+    (float32, CPU); each call is a new model the test may prune in place."""
+
+    def load(family: str) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir(family)).eval()
+
+    return load
+
+
 @pytest.fixture(params=TINY_FAMILIES)
 def tiny_family(request: pytest.FixtureRequest) -> str:
     """Parametrize a test over every tiny family."""
@@ -51,6 +66,14 @@ def tiny_llama_gguf(
     """The tiny llama checkpoint written as an F32 ``.gguf`` file (read-only)."""
     out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.F32.gguf"
     return write_tiny_llama_gguf(tiny_model_dir("llama"), out)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache folder of this test's own (WANDA_EXPORT_CACHE), also for the fingerprint memo."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("WANDA_EXPORT_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="session")

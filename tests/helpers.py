@@ -1,4 +1,5 @@
-"""Test helpers: tiny random checkpoints of several families, built offline, and a tiny GGUF writer.
+"""Test helpers: tiny random checkpoints of several families, built offline, a tiny GGUF writer,
+and the CLI run in-process.
 
 Nothing here downloads: configs come from transformers' config classes, the tokenizer from the
 ``tokenizers`` library, the GGUF file from the ``gguf`` package's writer.
@@ -7,9 +8,12 @@ Nothing here downloads: configs come from transformers' config classes, the toke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from click.testing import Result
 
 TINY_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "opt"]
 
@@ -22,6 +26,16 @@ INTERMEDIATE = 128
 MAX_POSITIONS = 256
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def invoke(*args: str) -> Result:
+    """Run the wanda-export CLI in-process with `args`; exceptions propagate (a traceback fails
+    the test instead of passing as exit code 1)."""
+    from typer.testing import CliRunner
+
+    from wanda_export.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 def tiny_config(family: str) -> Any:

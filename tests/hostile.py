@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typer.testing import CliRunner
+from helpers import invoke
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,6 @@ def check_case(case: HostileCase, work: Path, monkeypatch) -> str:
     """Run `case` in `work`; assert its exit code, its phrase and an unchanged work folder.
 
     Returns the CLI's combined output for further assertions."""
-    from wanda_export.cli import app
-
     if case.setup is not None:
         case.setup(work)
     for name, value in case.env:
@@ -69,7 +67,7 @@ def check_case(case: HostileCase, work: Path, monkeypatch) -> str:
     before = tree_digest(work, skip=skip)
     monkeypatch.chdir(work)
     args = [arg.format(work=work) for arg in case.args]
-    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    result = invoke(*args)
     output = result.stdout + result.stderr
     assert result.exit_code == case.exit_code, f"{case.id}: exit {result.exit_code}\n{output}"
     assert case.phrase.lower() in " ".join(output.lower().split()), f"{case.id}: {output}"

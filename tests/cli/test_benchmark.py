@@ -9,40 +9,33 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import invoke
+from pipelines import merged
 
 from wanda_export.bench.runtimes import runtime_availability
-from wanda_export.cli import app
 
-runner = CliRunner()
-STAGES = """\
-  - export: {formats: [safetensors, onnx], parity_tokens: 4}
-  - benchmark:
-      runtimes: [onnxruntime-cpu, torch, torch-sparse24, onnxruntime-cuda]
-      shapes: ["prefill:1x16", "decode:1x1@8"]
-      warmup: 1
-      iterations: 3
-      threads: 1
-"""
-PASSING = """\
-  parity: {max_abs_diff: 0.01, generation: true}
-  latency: {runtime: onnxruntime-cpu, max_p50_ms: 60000, min_speedup: 0.001}
-"""
-FAILING = """\
-  parity: {max_abs_diff: 1.0e-12}
-  latency: {runtime: torch, shape: "prefill:1x16", max_p50_ms: 1.0e-6, min_speedup: 1000}
-"""
+STAGES = {
+    "export": {"formats": ["safetensors", "onnx"], "parity_tokens": 4},
+    "benchmark": {"runtimes": ["onnxruntime-cpu", "torch", "torch-sparse24", "onnxruntime-cuda"],
+                  "shapes": ["prefill:1x16", "decode:1x1@8"], "warmup": 1, "iterations": 3,
+                  "threads": 1},
+}
+PASSING = {
+    "parity": {"max_abs_diff": 0.01, "generation": True},
+    "latency": {"runtime": "onnxruntime-cpu", "max_p50_ms": 60000, "min_speedup": 0.001},
+}
+FAILING = {
+    "parity": {"max_abs_diff": 1.0e-12},
+    "latency": {"runtime": "torch", "shape": "prefill:1x16", "max_p50_ms": 1.0e-6,
+                "min_speedup": 1000},
+}
 
 
-def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def pipeline(write_pipeline, gates: str, **settings):
-    path = write_pipeline(pattern="2:4", **settings)
-    text = path.read_text().replace("  - export: {formats: [safetensors]}\n", STAGES)
-    path.write_text(text + gates)
-    return path
+def pipeline(write_pipeline, gates: dict, benchmark: dict | None = None, **settings):
+    """The 2:4 pipeline with an ONNX export and the benchmark stage (`benchmark` overrides its
+    settings), plus `gates`."""
+    return write_pipeline(pattern="2:4", gates=gates,
+                          stages=merged(STAGES, {"benchmark": benchmark or {}}), **settings)
 
 
 @pytest.mark.skipif(runtime_availability("torch-sparse24").available,
@@ -84,10 +77,8 @@ def test_every_gate_passes_and_the_latency_is_reported(write_pipeline, workdir):
 
 
 def test_every_gate_fails_at_once_with_exit_3(write_pipeline, workdir):
-    path = pipeline(write_pipeline, FAILING, gate_min=0.9, ppl_max=1.0, max_ratio=1.0)
-    path.write_text(path.read_text().replace("shapes: [\"prefill:1x16\", \"decode:1x1@8\"]",
-                                             "shapes: [\"prefill:1x16\"]")
-                    .replace("onnxruntime-cpu, torch, torch-sparse24, onnxruntime-cuda", "torch"))
+    path = pipeline(write_pipeline, FAILING, {"runtimes": ["torch"], "shapes": ["prefill:1x16"]},
+                    gate_min=0.9, ppl_max=1.0, max_ratio=1.0)
     out = workdir / "out"
     result = invoke("run", str(path), "--out", str(out), "--quiet")
     assert result.exit_code == 3, result.output
@@ -104,16 +95,14 @@ def test_every_gate_fails_at_once_with_exit_3(write_pipeline, workdir):
 
 
 @pytest.mark.parametrize("gate", [
-    "  latency: {runtime: onnxruntime-cuda, max_p50_ms: 10}\n",
-    "  tensorrt: {min_sparse_tactics: 1}\n",
-])
+    {"latency": {"runtime": "onnxruntime-cuda", "max_p50_ms": 10}},
+    {"tensorrt": {"min_sparse_tactics": 1}},
+], ids=["latency", "tensorrt"])
 def test_a_gate_on_a_runtime_this_machine_lacks_exits_4(write_pipeline, workdir, gate):
-    runtime = "onnxruntime-cuda" if "cuda" in gate else "onnxruntime-tensorrt"
+    runtime = "onnxruntime-cuda" if "latency" in gate else "onnxruntime-tensorrt"
     if runtime_availability(runtime).available:
         pytest.skip(f"this machine has {runtime}")
-    path = pipeline(write_pipeline, gate)
-    path.write_text(path.read_text().replace(
-        "onnxruntime-cpu, torch, torch-sparse24, onnxruntime-cuda", runtime))
+    path = pipeline(write_pipeline, gate, {"runtimes": [runtime]})
     result = invoke("run", str(path), "--out", str(workdir / "out"), "--quiet")
     assert result.exit_code == 4
     assert runtime in result.output and "cannot run" in result.output
@@ -122,7 +111,7 @@ def test_a_gate_on_a_runtime_this_machine_lacks_exits_4(write_pipeline, workdir,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_runtimes_measure_for_real(write_pipeline, workdir):  # pragma: no cover - GPU only
-    path = pipeline(write_pipeline, "")
+    path = pipeline(write_pipeline, {})
     result = invoke("run", str(path), "--out", str(workdir / "out"), "--quiet")
     assert result.exit_code == 0, result.output
     latency = json.loads((workdir / "out" / "report.json").read_text())["metrics"]["latency"]

@@ -6,16 +6,10 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
+from pipelines import REMOVE
 
 from wanda_export.cache.store import PIPELINE_KINDS
-from wanda_export.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def test_run_passes_and_writes_every_output(write_pipeline, workdir):
@@ -57,8 +51,7 @@ def test_gate_failure_exits_3_with_junit_failure(write_pipeline, workdir):
 
 
 def test_bad_config_exits_2_naming_the_key(write_pipeline, workdir):
-    path = write_pipeline()
-    path.write_text(path.read_text().replace("sparsity: 0.5,", "sparsity: 1.2,"))
+    path = write_pipeline(sparsity=1.2)
     result = invoke("validate", str(path))
     assert result.exit_code == 2
     assert "stages -> mask -> sparsity" in result.output
@@ -70,8 +63,7 @@ def test_validate_accepts_a_good_file(write_pipeline):
 
 
 def test_missing_gpu_exits_4(write_pipeline, workdir):
-    path = write_pipeline()
-    path.write_text(path.read_text().replace("device: cpu", "device: cuda"))
+    path = write_pipeline(model={"device": "cuda"})
     pytest.importorskip("torch")
     import torch
 
@@ -162,8 +154,7 @@ def test_plan_reports_cache_state(write_pipeline, workdir):
 
 
 def test_stage_command_needs_that_stage(write_pipeline, workdir):
-    path = write_pipeline()
-    path.write_text(path.read_text().replace("  - export: {formats: [safetensors]}\n", ""))
+    path = write_pipeline(stages={"export": REMOVE})
     result = invoke("export", str(path), "--out", str(workdir / "x"))
     assert result.exit_code == 2 and "no 'export' stage" in result.output
 
@@ -200,11 +191,11 @@ def test_exported_checkpoint_loads_with_transformers(write_pipeline, workdir):
 
 
 def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, workdir):
-    path = write_pipeline(pattern="2:4")
-    text = path.read_text().replace(
-        "  - export: {formats: [safetensors]}",
-        "  - export: {formats: [safetensors, onnx, onnx-fp16, tensorrt], parity_tokens: 8}")
-    path.write_text(text + "  parity: {max_abs_diff: 0.001, generation: true}\n")
+    path = write_pipeline(
+        pattern="2:4",
+        stages={"export": {"formats": ["safetensors", "onnx", "onnx-fp16", "tensorrt"],
+                           "parity_tokens": 8}},
+        gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
     out = workdir / "out"
     result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
     assert result.exit_code == 0, result.output
@@ -224,10 +215,9 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
 
 
 def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):
-    path = write_pipeline(pattern="2:4")
-    text = path.read_text().replace("  - export: {formats: [safetensors]}",
-                                    "  - export: {formats: [onnx], parity_tokens: 4}")
-    path.write_text(text + "  parity: {max_abs_diff: 1.0e-12}\n")
+    path = write_pipeline(pattern="2:4",
+                          stages={"export": {"formats": ["onnx"], "parity_tokens": 4}},
+                          gates={"parity": {"max_abs_diff": 1.0e-12}})
     result = invoke("run", str(path), "--out", str(workdir / "out"), "--json", "--quiet")
     assert result.exit_code == 3
     gate = next(g for g in json.loads(result.stdout)["gates"] if g["name"] == "parity.max_abs_diff")

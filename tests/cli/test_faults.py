@@ -16,11 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import invoke
 from hostile import tree_digest
-from typer.testing import CliRunner
 
 from wanda_export.cache.store import CacheStore
-from wanda_export.cli import app
 from wanda_export.pipeline import stages
 
 RELEASE_BYTES = "1100k"  # one release of the tiny model fits (0.9 MB at its peak), a second not
@@ -53,10 +52,6 @@ def _read_only(path: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
 def _fail_writes_with(monkeypatch, code: int, writer: str, path: Path) -> None:
     """The fallback: make `writer` (the checkpoint export or the cache) raise OSError(code)
     naming `path`, the file it would have written."""
@@ -87,11 +82,11 @@ def test_a_full_disk_during_export_exits_4_and_keeps_the_previous_release(
         write_pipeline, workdir, tmpfs, monkeypatch, isolated_cache):
     disk = tmpfs("disk", RELEASE_BYTES)
     out = (disk or workdir) / "out"
-    assert _invoke("run", str(write_pipeline()), "--out", str(out), "--quiet").exit_code == 0
+    assert invoke("run", str(write_pipeline()), "--out", str(out), "--quiet").exit_code == 0
     before = tree_digest(out)
     if disk is None:
         _fail_writes_with(monkeypatch, errno.ENOSPC, "export", workdir / ".out.partial-1/model")
-    result = _invoke("run", str(write_pipeline(sparsity=0.6, gate_min=0.6)), "--out", str(out),
+    result = invoke("run", str(write_pipeline(sparsity=0.6, gate_min=0.6)), "--out", str(out),
                      "--quiet", "--json")
     _assert_one_line(result, "no space left on device while writing")
     assert json.loads(result.stdout)["error"]["kind"] == "environment"
@@ -104,13 +99,13 @@ def test_a_read_only_out_exits_4_before_any_work(write_pipeline, workdir, tmpfs,
     disk = tmpfs("ro", RELEASE_BYTES)
     out = (disk or workdir) / "out"
     path = write_pipeline()
-    assert _invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
+    assert invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
     before = tree_digest(out)
     if disk is not None:
         _read_only(disk)
     else:
         _fail_writes_with(monkeypatch, errno.EROFS, "export", out.parent / ".out.partial-1")
-    result = _invoke("run", str(path), "--out", str(out), "--quiet")
+    result = invoke("run", str(path), "--out", str(out), "--quiet")
     _assert_one_line(result, f"read-only file system: cannot write {out.parent}")
     assert tree_digest(out) == before
     assert not list(out.parent.glob(".out.*"))
@@ -124,7 +119,7 @@ def test_a_read_only_cache_on_a_miss_exits_4(write_pipeline, workdir, tmpfs, mon
         cache = workdir / "ro-cache"
         _fail_writes_with(monkeypatch, errno.EROFS, "cache", cache / "perplexity")
     monkeypatch.setenv("WANDA_EXPORT_CACHE", str(cache))
-    result = _invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
     _assert_one_line(result, f"read-only file system: cannot write {cache}")
     assert not (workdir / "out").exists() and not list(workdir.glob(".out.*"))
     _assert_cache_consistent(cache)
@@ -137,7 +132,7 @@ def test_a_full_cache_disk_names_the_file_and_leaves_no_temp_dir(write_pipeline,
         cache = workdir / "full-cache"
         _fail_writes_with(monkeypatch, errno.ENOSPC, "cache", cache / "perplexity")
     monkeypatch.setenv("WANDA_EXPORT_CACHE", str(cache))
-    result = _invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
     _assert_one_line(result, f"no space left on device while writing {cache}")
     assert not (workdir / "out").exists() and not list(workdir.glob(".out.*"))
     _assert_cache_consistent(cache)
@@ -153,7 +148,7 @@ def test_a_lock_file_we_may_not_open_exits_4(write_pipeline, workdir, monkeypatc
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.path)
 
     monkeypatch.setattr("wanda_export.cache.store.FileLock", ForbiddenLock)
-    result = _invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "out"), "--quiet")
     _assert_one_line(result, f"permission denied on {isolated_cache}")
     assert ".lock" in result.stderr
     assert not (workdir / "out").exists() and not list(workdir.glob(".out.*"))

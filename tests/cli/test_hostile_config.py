@@ -8,11 +8,13 @@ tokens against nsamples x seqlen) run through `run`, which must then write nothi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hostile import HostileCase, check_case
+from pipelines import REMOVE, merged, pipeline_yaml
 
 import wanda_export.cli  # noqa: F401  (imported once here, so no timing below counts it)
 from wanda_export.config.limits import MAX_NSAMPLES
@@ -22,30 +24,27 @@ from wanda_export.data.sources import MAX_LINE_CHARS
 
 Setup = Callable[[Path], None]
 
-VALID = """\
-version: 1
-model: {path: model, device: cpu}
-data:
-  calibration: {source: text, path: calib.txt, nsamples: 4, seqlen: 32, seed: 0}
-  evaluation: {source: text, path: eval.txt, seqlen: 32, max_windows: 4}
-stages:
-  - calibrate: {mode: dense}
-  - score: {method: wanda}
-  - mask: {sparsity: 0.5}
-"""
-CALIBRATE_ONLY = VALID  # no evaluate stage: the calibration text is the first text read
-EVALUATE_ONLY = """\
-version: 1
-model: {path: model, device: cpu}
-data:
-  calibration: null
-  evaluation: {source: text, path: eval.txt, seqlen: 32, max_windows: 4}
-stages:
-  - score: {method: magnitude}
-  - mask: {sparsity: 0.5}
-  - evaluate: {perplexity: true}
-"""
-BENCHMARK = "  - benchmark: {runtimes: [torch], shapes: ['prefill:1x8']}\n"
+# The pipelines in their data form (see tests/pipelines.py); a case that changes values builds
+# its file from data (`changed`), a case whose hostile input is text that no value dumps to (a
+# tag, a nul byte, a 5,000-digit integer, an impossible date, an unquoted 1e9) edits the text.
+VALID_DATA: dict[str, Any] = {
+    "version": 1,
+    "model": {"path": "model", "device": "cpu"},
+    "data": {
+        "calibration": {"source": "text", "path": "calib.txt", "nsamples": 4, "seqlen": 32,
+                        "seed": 0},
+        "evaluation": {"source": "text", "path": "eval.txt", "seqlen": 32, "max_windows": 4},
+    },
+    "stages": {"calibrate": {"mode": "dense"}, "score": {"method": "wanda"},
+               "mask": {"sparsity": 0.5}},
+}
+VALID = pipeline_yaml(VALID_DATA)
+CALIBRATE_ONLY = VALID_DATA  # no evaluate stage: the calibration text is the first text read
+EVALUATE_ONLY = merged(VALID_DATA, {
+    "data": {"calibration": None},
+    "stages": {"calibrate": REMOVE, "score": {"method": "magnitude"},
+               "evaluate": {"perplexity": True}}})
+BENCHMARK = {"runtimes": ["torch"], "shapes": ["prefill:1x8"]}
 
 
 def pipeline(text: str) -> Setup:
@@ -58,15 +57,20 @@ def pipeline_bytes(data: bytes) -> Setup:
     return lambda work: (work / "pipeline.yaml").write_bytes(data)
 
 
+def changed(base: Mapping[str, Any] = VALID_DATA, **sections: Any) -> Setup:
+    """pipeline.yaml: `base` with the nested overrides `sections` (`pipelines.merged`)."""
+    return pipeline(pipeline_yaml(merged(base, sections)))
+
+
 def edited(old: str, new: str, base: str = VALID) -> Setup:
-    """pipeline.yaml: `base` with `old` replaced by `new` (which must be there)."""
+    """pipeline.yaml: the text `base` with `old` replaced by `new` (which must be there)."""
     assert old in base, old
     return pipeline(base.replace(old, new))
 
 
-def with_calibration(path: str, source: str = "text", base: str = CALIBRATE_ONLY) -> str:
+def with_calibration(path: str, source: str = "text") -> Setup:
     """The pipeline reading its calibration text from `path` as a `source` source."""
-    return base.replace("source: text, path: calib.txt", f"source: {source}, path: {path}")
+    return changed(CALIBRATE_ONLY, data={"calibration": {"source": source, "path": path}})
 
 
 def and_file(setup: Setup, name: str, data: bytes) -> Setup:
@@ -129,75 +133,82 @@ YAML_CASES = [
              "pipeline.yaml:4:58: invalid yaml: an integer of 5,000 characters"),
     validate("impossible-date", edited("seed: 0", "seed: 2024-13-45"),
              "cannot read the string '2024-13-45': month must be in 1..12"),
-    validate("nsamples-a-billion", edited("nsamples: 4", "nsamples: 1000000000"),
+    validate("nsamples-a-billion", changed(data={"calibration": {"nsamples": 1000000000}}),
              f"data -> calibration -> nsamples: input should be less than or equal to "
              f"{MAX_NSAMPLES}, got 1000000000"),
-    validate("calibration-tokens", edited("nsamples: 4, seqlen: 32", "nsamples: 65536, seqlen: 2048"),
+    validate("calibration-tokens",
+             changed(data={"calibration": {"nsamples": 65536, "seqlen": 2048}}),
              "data -> calibration -> nsamples: nsamples x seqlen = 65,536 x 2,048"),
-    validate("negative-seqlen", edited("eval.txt, seqlen: 32", "eval.txt, seqlen: -32"),
+    validate("negative-seqlen", changed(data={"evaluation": {"seqlen": -32}}),
              "data -> evaluation -> seqlen: input should be greater than or equal to 2, got -32"),
-    validate("huge-max-windows", edited("max_windows: 4", "max_windows: 10000000000"),
+    validate("huge-max-windows", changed(data={"evaluation": {"max_windows": 10000000000}}),
              "data -> evaluation -> max_windows: input should be less than or equal to"),
-    validate("huge-batch", edited("seqlen: 32, max_windows: 4", "seqlen: 32, batch_size: 99999"),
+    validate("huge-batch",
+             changed(data={"evaluation": {"max_windows": REMOVE, "batch_size": 99999}}),
              "data -> evaluation -> batch_size: input should be less than or equal to"),
-    validate("nan-sparsity", edited("sparsity: 0.5", "sparsity: .nan"),
+    validate("nan-sparsity", changed(stages={"mask": {"sparsity": float("nan")}}),
              "stages -> mask -> sparsity: input should be a finite number, got nan"),
-    validate("inf-owl-m", edited("{sparsity: 0.5}", "{allocation: owl, owl_m: .inf}"),
+    validate("inf-owl-m", changed(stages={"mask": {"sparsity": REMOVE, "allocation": "owl",
+                                                   "owl_m": float("inf")}}),
              "stages -> mask -> owl_m: input should be a finite number, got inf"),
-    validate("string-for-number", edited("nsamples: 4", "nsamples: lots"),
+    validate("string-for-number", changed(data={"calibration": {"nsamples": "lots"}}),
              "data -> calibration -> nsamples: expected an integer, got the string 'lots'"),
     validate("huge-block-size",
-             edited("{method: wanda}", "{method: sparsegpt, block_size: 1048576}"),
+             changed(stages={"score": {"method": "sparsegpt", "block_size": 1048576}}),
              "stages -> score -> block_size: input should be less than or equal to"),
-    validate("huge-iterations", pipeline(VALID + BENCHMARK.replace("]}", "], iterations: 1e9}")),
+    validate("huge-iterations",  # YAML 1.1 reads an unquoted 1e9 as a string
+             pipeline(VALID + "- benchmark: {runtimes: [torch], shapes: ['prefill:1x8'], "
+                      "iterations: 1e9}\n"),
              "stages -> benchmark -> iterations: expected an integer, got the string '1e9'"),
     validate("billion-iterations",
-             pipeline(VALID + BENCHMARK.replace("]}", "], iterations: 1000000000}")),
+             changed(stages={"benchmark": {**BENCHMARK, "iterations": 1000000000}}),
              "stages -> benchmark -> iterations: input should be less than or equal to"),
-    validate("huge-benchmark-shape", pipeline(VALID + BENCHMARK.replace("1x8", "100000x100000")),
+    validate("huge-benchmark-shape",
+             changed(stages={"benchmark": {**BENCHMARK, "shapes": ["prefill:100000x100000"]}}),
              "stages -> benchmark -> shapes: shape 'prefill:100000x100000': batch is 100,000"),
-    validate("huge-decode-past", pipeline(VALID + BENCHMARK.replace("prefill:1x8",
-                                                                   "decode:1x1@999999999")),
+    validate("huge-decode-past",
+             changed(stages={"benchmark": {**BENCHMARK, "shapes": ["decode:1x1@999999999"]}}),
              "seqlen + past is 1,000,000,000"),
-    validate("glob-matches-nothing", edited("path: calib.txt", "path: corpus/*.txt"),
+    validate("glob-matches-nothing", changed(data={"calibration": {"path": "corpus/*.txt"}}),
              "data -> calibration -> path: no file matches 'corpus/*.txt'"),
     validate("directory-without-text",
-             and_file(edited("path: calib.txt", "path: corpus"), "corpus/notes.csv", b"a,b\n"),
+             and_file(changed(data={"calibration": {"path": "corpus"}}), "corpus/notes.csv",
+                      b"a,b\n"),
              "data -> calibration -> path: the directory"),
 ]
 
 RUN_CASES = [
-    run("binary-text-source", pipeline(with_calibration("model/model.safetensors")),
+    run("binary-text-source", with_calibration("model/model.safetensors"),
         "model.safetensors is not a text file: a nul byte at byte"),
-    run("utf16-text-source", and_file(pipeline(with_calibration("utf16.txt")), "utf16.txt",
+    run("utf16-text-source", and_file(with_calibration("utf16.txt"), "utf16.txt",
                                       ("Some prose. " * 200).encode("utf-16")),
         "utf16.txt is not a text file"),
-    run("latin1-text-source", and_file(pipeline(with_calibration("latin1.txt")), "latin1.txt",
+    run("latin1-text-source", and_file(with_calibration("latin1.txt"), "latin1.txt",
                                        ("Café crème. " * 200).encode("latin-1")),
         "latin1.txt is not utf-8 text"),
-    run("empty-text-file", and_file(pipeline(with_calibration("empty.txt")), "empty.txt", b""),
+    run("empty-text-file", and_file(with_calibration("empty.txt"), "empty.txt", b""),
         "empty.txt' contains no text"),
     run("jsonl-missing-field",
-        and_file(pipeline(with_calibration("data.jsonl", "jsonl")), "data.jsonl",
+        and_file(with_calibration("data.jsonl", "jsonl"), "data.jsonl",
                  b'{"text": "fine"}\n{"body": "no text here"}\n'),
         "data.jsonl:2: no field 'text' in this json line"),
     run("jsonl-malformed-line",
-        and_file(pipeline(with_calibration("data.jsonl", "jsonl")), "data.jsonl",
+        and_file(with_calibration("data.jsonl", "jsonl"), "data.jsonl",
                  b'{"text": "fine"}\n{"text": "cut off\n'),
         "data.jsonl:2: not valid json"),
     run("jsonl-line-not-object",
-        and_file(pipeline(with_calibration("data.jsonl", "jsonl")), "data.jsonl",
+        and_file(with_calibration("data.jsonl", "jsonl"), "data.jsonl",
                  b'{"text": "fine"}\n["a", "list"]\n'),
         "data.jsonl:2: a json array, not an object with a 'text' field"),
     run("huge-single-line",
-        and_file(pipeline(with_calibration("line.txt")), "line.txt",
+        and_file(with_calibration("line.txt"), "line.txt",
                  b"ok\n" + b"a" * (MAX_LINE_CHARS + 1)),
         f"line.txt:2: a line of {MAX_LINE_CHARS + 1:,} characters"),
     run("calibration-text-too-short",
-        pipeline(CALIBRATE_ONLY.replace("nsamples: 4", "nsamples: 4096")),
+        changed(CALIBRATE_ONLY, data={"calibration": {"nsamples": 4096}}),
         "data -> calibration -> nsamples: 4,096 windows of 32 tokens need 131,072 tokens"),
     run("evaluation-shorter-than-a-window",
-        and_file(pipeline(EVALUATE_ONLY.replace("eval.txt", "short.txt")), "short.txt",
+        and_file(changed(EVALUATE_ONLY, data={"evaluation": {"path": "short.txt"}}), "short.txt",
                  b"Too short."),
         "data -> evaluation -> seqlen: the evaluation corpus has"),
 ]

@@ -21,22 +21,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import invoke
 from hostile import HostileCase, check_case, tree_digest
-from typer.testing import CliRunner
+from pipelines import edit_pipeline_file
 
-from wanda_export.cli import app
 from wanda_export.model.fingerprint import clear_fingerprint_cache
 
 VALIDATE = ("validate", "{work}/pipeline.yaml")
 RUN = ("run", "{work}/pipeline.yaml", "--out", "{work}/out", "--quiet")
 HUB_ID = "wanda-export-tests/made-up-model"
-MODEL_LINE = "model: {path: model, dtype: float32, device: cpu}"
 WEIGHTS = "model/model.safetensors"
 
 
-def _pipeline(work: Path, model_line: str) -> None:
-    path = work / "pipeline.yaml"
-    path.write_text(path.read_text().replace(MODEL_LINE, model_line))
+def _model(work: Path, **settings) -> None:
+    """Change the model section of the work folder's pipeline.yaml."""
+    edit_pipeline_file(work / "pipeline.yaml", model=settings)
 
 
 def _config(work: Path, edit: Callable[[dict], object]) -> None:
@@ -118,7 +117,7 @@ def _remote_code(module: str, body: str) -> Callable[[Path], None]:
         (work / "model" / f"{module}.py").write_text(body)
         _config(work, lambda c: c.update(auto_map={
             "AutoConfig": f"{module}.CustomConfig", "AutoModelForCausalLM": f"{module}.Custom"}))
-        _pipeline(work, MODEL_LINE.replace("}", ", trust_remote_code: true}"))
+        _model(work, trust_remote_code=True)
 
     return setup
 
@@ -139,13 +138,13 @@ NEEDS_PACKAGE = "import wanda_export_absent_package\n" + BROKEN_MODULE
 def _gguf(edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def setup(work: Path) -> None:
         _bytes(work, edit, "tiny.gguf")
-        _pipeline(work, MODEL_LINE.replace("path: model", "path: tiny.gguf"))
+        _model(work, path="tiny.gguf")
 
     return setup
 
 
 def _hub(work: Path) -> None:
-    _pipeline(work, MODEL_LINE.replace("path: model", f"path: {HUB_ID}"))
+    _model(work, path=HUB_ID)
 
 
 def _lm_head(edit: Callable[[torch.Tensor], object]) -> Callable[[Path], None]:
@@ -253,7 +252,7 @@ def test_missing_gguf_package_exits_4_with_the_install_command(workdir, write_pi
 
 
 def _json(*args: str) -> dict:
-    result = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+    result = invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -261,8 +260,7 @@ def _json(*args: str) -> dict:
 def test_an_overwritten_memo_does_not_lend_one_model_anothers_cache(workdir, write_pipeline,
                                                                      isolated_cache):
     first = write_pipeline()
-    second = workdir / "second.yaml"
-    second.write_text(first.read_text().replace("{path: model,", "{path: other,"))
+    second = write_pipeline("second.yaml", model={"path": "other"})
     (workdir / "other").mkdir()
     for file in (workdir / "model").iterdir():
         (workdir / "other" / file.name).write_bytes(file.read_bytes())

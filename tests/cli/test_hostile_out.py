@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import invoke
 from hostile import HostileCase, check_case, tree_digest
-from typer.testing import CliRunner
+from pipelines import edit_pipeline_file
 
-from wanda_export.cli import app
 from wanda_export.pipeline.outdir import RELEASE_MARKER, is_release
 
 RUN = ("run", "pipeline.yaml", "--quiet")
@@ -68,23 +68,21 @@ def _foreign_marker(work: Path) -> None:
 def _model_in_a_zoo(work: Path) -> None:
     (work / "zoo").mkdir()
     (work / "model").rename(work / "zoo" / "model")
-    text = (work / "pipeline.yaml").read_text()
-    (work / "pipeline.yaml").write_text(text.replace("{path: model,", "{path: zoo/model,"))
+    edit_pipeline_file(work / "pipeline.yaml", model={"path": "zoo/model"})
 
 
 def _pipeline_in_conf(work: Path) -> None:
     (work / "conf").mkdir()
-    text = (work / "pipeline.yaml").read_text()
-    text = text.replace("{path: model,", "{path: ../model,")
-    text = text.replace("path: calib.txt", "path: ../calib.txt")
-    (work / "conf" / "pipeline.yaml").write_text(text.replace("path: eval.txt", "path: ../eval.txt"))
+    edit_pipeline_file(work / "pipeline.yaml", work / "conf" / "pipeline.yaml",
+                       model={"path": "../model"},
+                       data={"calibration": {"path": "../calib.txt"},
+                             "evaluation": {"path": "../eval.txt"}})
 
 
 def _corpus_folder(work: Path) -> None:
     (work / "corpus").mkdir()
     (work / "calib.txt").rename(work / "corpus" / "calib.txt")
-    text = (work / "pipeline.yaml").read_text()
-    (work / "pipeline.yaml").write_text(text.replace("path: calib.txt", "path: corpus/*.txt"))
+    edit_pipeline_file(work / "pipeline.yaml", data={"calibration": {"path": "corpus/*.txt"}})
 
 
 def _home(work: Path) -> None:
@@ -172,23 +170,19 @@ def test_hostile_out_and_arguments(case, workdir, write_pipeline, monkeypatch):
     check_case(case, workdir, monkeypatch)
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
 def test_json_error_object_on_every_exit_2(workdir, write_pipeline, monkeypatch):
     monkeypatch.chdir(workdir)
-    path = write_pipeline()
+    write_pipeline()
     for args in (("run", "pipeline.yaml", "--out", ".", "--json"),
                  ("run", "--json", "--bogus"),
                  ("cache", "clear", "--kind", "nope", "--json")):
-        result = _invoke(*args)
+        result = invoke(*args)
         assert result.exit_code == 2
         error = json.loads(result.stdout)["error"]
         assert error["exit_code"] == 2 and error["kind"] == "config" and error["message"]
         assert set(error) == {"exit_code", "kind", "message", "hint", "locations"}
-    path.write_text(path.read_text().replace("sparsity: 0.5,", "sparsity: 1.2,"))
-    result = _invoke("validate", "pipeline.yaml", "--json")
+    write_pipeline(sparsity=1.2)
+    result = invoke("validate", "pipeline.yaml", "--json")
     assert result.exit_code == 2
     (location,) = json.loads(result.stdout)["error"]["locations"]
     assert location["path"] == "stages -> mask -> sparsity" and location["line"] == 9
@@ -203,16 +197,16 @@ def test_the_out_rules_are_checked_before_the_model_loads(workdir, write_pipelin
 
     monkeypatch.setattr(runner, "load_model", no_load)
     _user_folder(workdir)
-    result = _invoke("run", str(write_pipeline()), "--out", str(workdir / "mine"), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(workdir / "mine"), "--quiet")
     assert result.exit_code == 2, result.output
 
 
 def test_an_earlier_release_is_replaced_and_nothing_is_left_aside(workdir, write_pipeline):
     out = workdir / "out"
     path = write_pipeline()
-    assert _invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
+    assert invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
     assert is_release(out)  # a stage command writes a release too
-    result = _invoke("run", str(path), "--out", str(out), "--quiet", "--json")
+    result = invoke("run", str(path), "--out", str(out), "--quiet", "--json")
     assert result.exit_code == 0, result.output
     assert is_release(out) and (out / "model" / "model.safetensors").is_file()
     assert json.loads((out / RELEASE_MARKER).read_text())["tool"] == "wanda-export"
@@ -223,7 +217,7 @@ def test_an_empty_folder_and_a_missing_path_are_filled(workdir, write_pipeline):
     path = write_pipeline()
     (workdir / "empty").mkdir()
     for out in (workdir / "empty", workdir / "new" / "nested"):
-        assert _invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
+        assert invoke("calibrate", str(path), "--out", str(out), "--quiet").exit_code == 0
         assert is_release(out)
 
 
@@ -231,7 +225,7 @@ def test_force_replaces_a_user_folder_and_only_that(workdir, write_pipeline):
     _user_folder(workdir)
     path = write_pipeline()
     before = tree_digest(workdir, skip=("mine", "cache"))
-    result = _invoke("calibrate", str(path), "--out", str(workdir / "mine"), "--force", "--quiet")
+    result = invoke("calibrate", str(path), "--out", str(workdir / "mine"), "--force", "--quiet")
     assert result.exit_code == 0, result.output
     assert is_release(workdir / "mine") and not (workdir / "mine" / "notes.txt").exists()
     assert tree_digest(workdir, skip=("mine", "cache")) == before
@@ -250,7 +244,7 @@ def test_a_folder_that_fills_up_during_the_run_is_not_replaced(workdir, write_pi
         return real_export(ctx)
 
     monkeypatch.setitem(stages.STAGES, "export", export_while_the_user_saves)
-    result = _invoke("run", str(write_pipeline()), "--out", str(out), "--quiet")
+    result = invoke("run", str(write_pipeline()), "--out", str(out), "--quiet")
     assert result.exit_code == 2 and "saved-meanwhile.txt" in result.output
     assert [p.name for p in out.iterdir()] == ["saved-meanwhile.txt"]
     assert not list(workdir.glob(".out.*"))

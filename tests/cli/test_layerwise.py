@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-from wanda_export.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
+ALPHAPRUNING = {"allocation": "alphapruning", "epsilon": 0.2}
 
 
 def layerwise(write_pipeline, name="pipeline.yaml", *, mode="dense", sparsity=0.6,
-              mask_extra="allocation: alphapruning, epsilon: 0.2", method="wanda"):
-    path = write_pipeline(name, mode=mode, sparsity=sparsity, gate_min=sparsity - 0.01)
-    text = path.read_text().replace('"unstructured"}\n  - verify',
-                                    f'"unstructured", {mask_extra}}}\n  - verify')
-    path.write_text(text.replace("method: wanda", f"method: {method}"))
-    return path
+              mask_extra=ALPHAPRUNING, method="wanda"):
+    return write_pipeline(name, mode=mode, sparsity=sparsity, gate_min=sparsity - 0.01,
+                          stages={"score": {"method": method}, "mask": mask_extra})
 
 
 def stages_of(report: dict) -> dict:
@@ -60,10 +51,10 @@ def test_alphapruning_reports_ratios_and_alphas_and_caches_them(write_pipeline, 
 
 
 def test_owl_in_sequential_mode_reuses_the_dense_statistics(write_pipeline, workdir):
-    dense = layerwise(write_pipeline, "dense.yaml", mode="dense", mask_extra="allocation: owl")
+    dense = layerwise(write_pipeline, "dense.yaml", mode="dense", mask_extra={"allocation": "owl"})
     assert invoke("run", str(dense), "--out", str(workdir / "a"), "--quiet").exit_code == 0
     sequential = layerwise(write_pipeline, "seq.yaml", mode="sequential",
-                           mask_extra="allocation: owl, owl_lambda: 0.1")
+                           mask_extra={"allocation": "owl", "owl_lambda": 0.1})
     result = invoke("run", str(sequential), "--out", str(workdir / "b"), "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "b" / "report.json").read_text())
@@ -78,7 +69,7 @@ def test_owl_in_sequential_mode_reuses_the_dense_statistics(write_pipeline, work
 
 @pytest.mark.parametrize("mode", ["dense", "sequential"])
 def test_sparsegpt_pipeline_hit_gives_the_same_weights_as_the_miss(write_pipeline, workdir, mode):
-    path = layerwise(write_pipeline, mode=mode, sparsity=0.5, mask_extra="allocation: uniform",
+    path = layerwise(write_pipeline, mode=mode, sparsity=0.5, mask_extra={"allocation": "uniform"},
                      method="sparsegpt")
     for out in ("a", "b"):
         result = invoke("run", str(path), "--out", str(workdir / out), "--quiet")

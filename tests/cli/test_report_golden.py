@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from wanda_export.cli import app
+from helpers import invoke
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "report_keys.json"
 UPDATE = "WANDA_EXPORT_UPDATE_GOLDEN"
@@ -119,8 +117,7 @@ def test_report_json_keys_and_summary_headings_match_the_golden(workdir: Path):
     path = workdir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
     out = workdir / "out"
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"],
-                                catch_exceptions=False)
+    result = invoke("run", str(path), "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["latency"] == report["metrics"]["latency"]["results"]  # the same rows

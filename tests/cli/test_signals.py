@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import invoke
 from hostile import tree_digest
-from typer.testing import CliRunner
 
 from wanda_export.cache.store import CacheStore
-from wanda_export.cli import app
 
 # Runs the real CLI in a child process with MODULE.NAME replaced by a version that (after the
 # real call when WHEN is "after") writes MARKER and sleeps, so the test can signal it right there.
@@ -61,8 +60,7 @@ def _interrupt_at(point, signum: int, cli_args: list[str], marker: Path, env: di
 
 
 def _earlier_release(path: Path, out: Path) -> str:
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"],
-                                catch_exceptions=False)
+    result = invoke("run", str(path), "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output
     return tree_digest(out)
 
@@ -117,6 +115,6 @@ def test_sigterm_mid_export_exits_130_with_a_json_error_and_keeps_the_release(
 
 def test_the_signal_handlers_are_restored_after_a_command(workdir):
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    result = CliRunner().invoke(app, ["cache", "ls"], catch_exceptions=False)
+    result = invoke("cache", "ls")
     assert result.exit_code == 0
     assert {signum: signal.getsignal(signum) for signum in before} == before

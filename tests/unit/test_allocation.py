@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from wanda_export.allocation import allocate, target_groups
 from wanda_export.model.layers import find_targets
@@ -110,8 +109,8 @@ def test_group_outlier_ratio_pools_the_scores_of_the_group():
 @pytest.mark.parametrize("allocation", ["alphapruning", "owl"])
 @pytest.mark.parametrize(("method", "mode"), [("wanda", "sequential"), ("wanda", "dense"),
                                               ("magnitude", "dense"), ("sparsegpt", "sequential")])
-def test_layerwise_pruning_reaches_the_target_overall(tiny_model_dir, allocation, method, mode):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_layerwise_pruning_reaches_the_target_overall(tiny_model, allocation, method, mode):
+    model = tiny_model("llama")
     width = {"epsilon": 0.2} if allocation == "alphapruning" else {"owl_lambda": 0.1}
     spec = PruneSpec(method=method, sparsity=0.6, allocation=allocation, mode=mode, **width)
     result = prune_model(model, spec, WINDOWS)
@@ -127,8 +126,8 @@ def test_layerwise_pruning_reaches_the_target_overall(tiny_model_dir, allocation
     assert described["method"] == allocation and all(key in e for e in described["layers"].values())
 
 
-def test_matrix_granularity_and_precomputed_alphas(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_matrix_granularity_and_precomputed_alphas(tiny_model):
+    model = tiny_model("llama")
     targets = find_targets(model)
     assert len(set(target_groups(targets, "matrix").values())) == len(targets)
     spec = PruneSpec(sparsity=0.5, allocation="alphapruning", granularity="matrix")
@@ -137,17 +136,16 @@ def test_matrix_granularity_and_precomputed_alphas(tiny_model_dir):
     assert again.ratios == measured.ratios and len(set(measured.ratios.values())) > 2
 
 
-def test_owl_needs_dense_statistics_and_nm_needs_uniform(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_owl_needs_dense_statistics_and_nm_needs_uniform(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(ValueError, match="dense model's activation statistics"):
         allocate(find_targets(model), PruneSpec(allocation="owl"))
     with pytest.raises(ValueError, match="same N:M in every layer"):
         PruneSpec(pattern="2:4", allocation="alphapruning")
 
 
-def test_magnitude_with_owl_needs_one_dense_pass_not_a_sequential_one(tiny_model_dir, monkeypatch):
-    path = tiny_model_dir("llama")
-    dense = AutoModelForCausalLM.from_pretrained(path).eval()
+def test_magnitude_with_owl_needs_one_dense_pass_not_a_sequential_one(tiny_model, monkeypatch):
+    dense = tiny_model("llama")
     prune_model(dense, PruneSpec(method="magnitude", sparsity=0.6, allocation="owl",
                                  mode="dense"), WINDOWS)
 
@@ -155,7 +153,7 @@ def test_magnitude_with_owl_needs_one_dense_pass_not_a_sequential_one(tiny_model
         raise AssertionError("magnitude scores do not depend on pruned upstream layers")
 
     monkeypatch.setattr("wanda_export.prune.calibrate_sequential", no_sequential)
-    sequential = AutoModelForCausalLM.from_pretrained(path).eval()
+    sequential = tiny_model("llama")
     prune_model(sequential, PruneSpec(method="magnitude", sparsity=0.6, allocation="owl",
                                       mode="sequential"), WINDOWS)
     for a, b in zip(dense.parameters(), sequential.parameters(), strict=True):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
 
 from wanda_export.bench import runtimes, timing, torch_latency
 from wanda_export.bench.compare import compare, comparison_dict, speedup
@@ -257,8 +256,8 @@ def test_latency_chart_writes_a_png(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def tiny_llama(tiny_model):
+    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from wanda_export.bench.compare import ComparisonRow
 from wanda_export.bench.dense_twin import write_dense_twin
@@ -49,8 +48,8 @@ def test_native_stderr_is_captured_and_restored():
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
 
 
-def test_dense_twin_restores_the_dense_weights_in_the_same_graph(tiny_model_dir, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_dense_twin_restores_the_dense_weights_in_the_same_graph(tiny_model, tmp_path):
+    model = tiny_model("llama")
     targets = find_targets(model)
     dense = {t.name: weight_out_in(t.module).detach().clone() for t in targets}
     ids = np.arange(4, 20, dtype=np.int64)[None]

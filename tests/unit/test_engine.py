@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from wanda_export.calibrate.dense import collect_dense
 from wanda_export.calibrate.sequential import calibrate_sequential
@@ -18,52 +17,52 @@ WINDOWS = torch.randint(4, 256, (6, 32), generator=torch.Generator().manual_seed
 
 
 @pytest.fixture
-def tiny_model(tiny_model_dir, tiny_family):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir(tiny_family)).eval()
+def family_model(tiny_model, tiny_family):
+    return tiny_model(tiny_family)
 
 
-def test_targets_are_the_decoder_linears(tiny_model, tiny_family):
-    _, layers = find_decoder_layers(tiny_model)
-    targets = find_targets(tiny_model)
+def test_targets_are_the_decoder_linears(family_model, tiny_family):
+    _, layers = find_decoder_layers(family_model)
+    targets = find_targets(family_model)
     assert len(layers) == 2
     assert {t.layer_index for t in targets} == {0, 1}
     assert not any("lm_head" in t.name or "embed" in t.name for t in targets)
     # every target's [out, in] view agrees with the input width its forward actually sees
-    stats = collect_dense(tiny_model, WINDOWS, targets, batch_size=8)
+    stats = collect_dense(family_model, WINDOWS, targets, batch_size=8)
     for target in targets:
         assert stats[target.name].sumsq.shape == (weight_out_in(target.module).shape[1],)
         assert stats[target.name].tokens == WINDOWS.numel()
 
 
-def test_sequential_at_zero_sparsity_sees_exactly_the_dense_inputs(tiny_model):
+def test_sequential_at_zero_sparsity_sees_exactly_the_dense_inputs(family_model):
     """With nothing pruned, layer-by-layer replay must reproduce the full forward pass; this
     fails if any keyword the model passes its layers (mask, positions, rotary) is dropped."""
-    targets = find_targets(tiny_model)
-    dense = collect_dense(tiny_model, WINDOWS, targets, batch_size=4)
-    seq = calibrate_sequential(tiny_model, WINDOWS, targets, lambda i, s: None, batch_size=4)
+    targets = find_targets(family_model)
+    dense = collect_dense(family_model, WINDOWS, targets, batch_size=4)
+    seq = calibrate_sequential(family_model, WINDOWS, targets, lambda i, s: None, batch_size=4)
     for name in dense:
         torch.testing.assert_close(seq[name].sumsq, dense[name].sumsq, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["sequential", "dense"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_prune_every_family(tiny_model, mode, pattern):
-    dense_ppl = perplexity(tiny_model, WINDOWS, batch_size=4)
-    result = prune_model(tiny_model, PruneSpec(mode=mode, pattern=pattern, sparsity=0.5), WINDOWS)
+def test_prune_every_family(family_model, mode, pattern):
+    dense_ppl = perplexity(family_model, WINDOWS, batch_size=4)
+    result = prune_model(family_model, PruneSpec(mode=mode, pattern=pattern, sparsity=0.5), WINDOWS)
     assert result.report.overall == pytest.approx(0.5)
     assert result.report.valid
     for name, layer in result.report.layers.items():
         assert layer.sparsity == pytest.approx(0.5), name
     # the report reflects the model itself
-    for target in find_targets(tiny_model):
+    for target in find_targets(family_model):
         weight = weight_out_in(target.module)
         assert (weight == 0).float().mean().item() == pytest.approx(0.5)
         assert not torch.signbit(weight[weight == 0]).any()
-    assert dense_ppl != perplexity(tiny_model, WINDOWS, batch_size=4)
+    assert dense_ppl != perplexity(family_model, WINDOWS, batch_size=4)
 
 
-def test_sequential_sees_pruned_upstream_layers(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_sequential_sees_pruned_upstream_layers(tiny_model):
+    model = tiny_model("llama")
     dense_stats = collect_dense(model, WINDOWS, find_targets(model), batch_size=8)
     result = prune_model(model, PruneSpec(mode="sequential", sparsity=0.5), WINDOWS)
     first = "model.layers.0.self_attn.q_proj"
@@ -72,8 +71,8 @@ def test_sequential_sees_pruned_upstream_layers(tiny_model_dir):
     assert not torch.allclose(result.stats[later].sumsq, dense_stats[later].sumsq)
 
 
-def test_dense_stats_are_reusable_for_another_sparsity(tiny_model_dir):
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2")).eval()
+def test_dense_stats_are_reusable_for_another_sparsity(tiny_model):
+    base = tiny_model("qwen2")
     first = copy.deepcopy(base)
     stats = prune_model(first, PruneSpec(mode="dense", sparsity=0.5), WINDOWS).stats
     reused, fresh = copy.deepcopy(base), copy.deepcopy(base)
@@ -83,14 +82,14 @@ def test_dense_stats_are_reusable_for_another_sparsity(tiny_model_dir):
         assert torch.equal(a, b)
 
 
-def test_magnitude_needs_no_calibration(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt2")).eval()
+def test_magnitude_needs_no_calibration(tiny_model):
+    model = tiny_model("gpt2")
     result = prune_model(model, PruneSpec(method="magnitude", sparsity=0.25, group="layer"))
     assert result.stats is None and result.report.overall == pytest.approx(0.25)
 
 
-def test_include_and_exclude_globs(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_include_and_exclude_globs(tiny_model):
+    model = tiny_model("llama")
     mlp_only = find_targets(model, include=["*.mlp.*"], exclude=["*.down_proj"])
     assert {t.name.rsplit(".", 1)[1] for t in mlp_only} == {"gate_proj", "up_proj"}
     with_head = find_targets(model, include=["*.mlp.*", "lm_head"])
@@ -99,16 +98,16 @@ def test_include_and_exclude_globs(tiny_model_dir):
         find_targets(model, include=["*.nothing"])
 
 
-def test_lm_head_needs_dense_mode(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_lm_head_needs_dense_mode(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(ValueError, match="need mode 'dense'"):
         prune_model(model, PruneSpec(mode="sequential", include=("lm_head",)), WINDOWS)
     result = prune_model(model, PruneSpec(mode="dense", include=("lm_head",)), WINDOWS)
     assert result.report.layers["lm_head"].sparsity == pytest.approx(0.5)
 
 
-def test_nm_pattern_refused_before_any_work(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_nm_pattern_refused_before_any_work(tiny_model):
+    model = tiny_model("llama")
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="divisible by 48"):
         prune_model(model, PruneSpec(pattern="2:48"), WINDOWS)
@@ -122,14 +121,14 @@ def test_spec_rejects_bad_values():
             PruneSpec(**bad)
 
 
-def test_perplexity_is_batch_size_invariant(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("opt")).eval()
+def test_perplexity_is_batch_size_invariant(tiny_model):
+    model = tiny_model("opt")
     assert perplexity(model, WINDOWS, batch_size=1) == pytest.approx(
         perplexity(model, WINDOWS, batch_size=4), rel=1e-5)
 
 
-def test_uniform_logits_give_perplexity_equal_to_the_vocabulary(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_uniform_logits_give_perplexity_equal_to_the_vocabulary(tiny_model):
+    model = tiny_model("llama")
     assert not model.config.tie_word_embeddings
     with torch.no_grad():
         model.lm_head.weight.zero_()

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.export.onnx import convert_to_fp16, export_onnx, input_names, output_names
@@ -17,13 +17,13 @@ from wanda_export.sparsity.pattern import Pattern
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory, request):
+def exported(tiny_model, tiny_model_dir, tmp_path_factory, request):
     """family -> (model, tokenizer, export) with the model pruned 2:4 by magnitude."""
     cache = {}
 
     def get(family):
         if family not in cache:
-            model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family)).eval()
+            model = tiny_model(family)
             prune_model(model, PruneSpec(method="magnitude", pattern="2:4"))
             path = tmp_path_factory.mktemp(f"onnx-{family}") / "model.onnx"
             cache[family] = (model, AutoTokenizer.from_pretrained(tiny_model_dir(family)),

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from wanda_export.calibrate.stats import (
     ChannelStats,
@@ -124,8 +123,8 @@ def test_rejects_a_hessian_of_the_wrong_shape_and_a_block_not_multiple_of_m():
         sparsegpt_prune(torch.ones(4, 8), torch.eye(8), 0.5, parse_pattern("4:8"), block_size=4, dampening=0.01)
 
 
-def test_hessian_collected_once_per_shared_input(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+def test_hessian_collected_once_per_shared_input(tiny_model):
+    model = tiny_model("llama")
     targets = [t for t in find_targets(model) if t.layer_index == 0]
     stats = empty_stats(targets, hessian=True)
     inputs: dict[str, torch.Tensor] = {}
@@ -161,8 +160,8 @@ def test_channel_stats_without_hessian_keep_no_matrix():
 
 @pytest.mark.parametrize("mode", ["sequential", "dense"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_prune_model_with_sparsegpt(tiny_model_dir, mode, pattern):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("qwen2")).eval()
+def test_prune_model_with_sparsegpt(tiny_model, mode, pattern):
+    model = tiny_model("qwen2")
     dense = {t.name: weight_out_in(t.module).clone() for t in find_targets(model)}
     result = prune_model(model, PruneSpec(method="sparsegpt", mode=mode, pattern=pattern,
                                           block_size=32), WINDOWS)
@@ -174,12 +173,11 @@ def test_prune_model_with_sparsegpt(tiny_model_dir, mode, pattern):
         assert (changed & kept).any()  # kept weights were updated, not only masked
 
 
-def test_sparsegpt_dense_statistics_reproduce_the_same_weights(tiny_model_dir):
-    path = tiny_model_dir("llama")
-    first = AutoModelForCausalLM.from_pretrained(path).eval()
+def test_sparsegpt_dense_statistics_reproduce_the_same_weights(tiny_model):
+    first = tiny_model("llama")
     spec = PruneSpec(method="sparsegpt", mode="dense", block_size=32)
     stats = prune_model(first, spec, WINDOWS).stats
-    second = AutoModelForCausalLM.from_pretrained(path).eval()
+    second = tiny_model("llama")
     prune_model(second, spec, stats=stats_from_tensors(stats_to_tensors(stats)))
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
