@@ -261,11 +261,15 @@ def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> N
         from wanda_export.config import load_config
         from wanda_export.pipeline.plan import plan_pipeline
         from wanda_export.pipeline.runner import model_source
+        from wanda_export.pipeline.streamed import decide_memory_mode
 
         config = load_config(file)
-        rows = plan_pipeline(config, _cache(cache_dir), model_source(config))
-        _emit(json_, {"file": str(file), "stages": rows},
-              "\n".join(f"{row['stage']:16s} cache: {row['cache']}" for row in rows))
+        source = model_source(config)
+        rows = plan_pipeline(config, _cache(cache_dir), source)
+        memory = decide_memory_mode(config, config.stage_names(), source)
+        _emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
+              "\n".join([f"{'memory':16s} {memory.describe()}",
+                         *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))
 
     _guarded(go, as_json=json_)
 

@@ -146,8 +146,10 @@ def test_same_inputs_give_byte_identical_artifacts(write_pipeline, workdir, monk
 
 def test_plan_reports_cache_state(write_pipeline, workdir):
     path = write_pipeline()
-    rows = json.loads(invoke("plan", str(path), "--json").stdout)["stages"]
+    planned = json.loads(invoke("plan", str(path), "--json").stdout)
+    rows = planned["stages"]
     assert {r["stage"]: r["cache"] for r in rows}["calibrate"] == "miss"
+    assert planned["memory"]["mode"] == "in-memory" and planned["memory"]["budget_bytes"] > 0
     assert invoke("calibrate", str(path), "--out", str(workdir / "c"), "--quiet").exit_code == 0
     rows = json.loads(invoke("plan", str(path), "--json").stdout)["stages"]
     assert {r["stage"]: r["cache"] for r in rows}["calibrate"] == "hit"

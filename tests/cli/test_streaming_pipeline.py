@@ -8,10 +8,8 @@ import json
 import pytest
 import torch
 import yaml
+from helpers import invoke
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from wanda_export.cli import app
 
 
 def _pipeline(workdir, name, *, streaming, score="wanda", mode="sequential", mask=None,
@@ -34,8 +32,7 @@ def _pipeline(workdir, name, *, streaming, score="wanda", mode="sequential", mas
 
 
 def _run(path, out, code=0):
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"],
-                                catch_exceptions=False)
+    result = invoke("run", str(path), "--out", str(out), "--quiet")
     assert result.exit_code == code, result.stdout + result.stderr
     return result
 

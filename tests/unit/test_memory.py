@@ -89,3 +89,22 @@ def test_the_estimate_counts_layers_weights_and_hidden_states(tiny_model_dir):
     with_hessian = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
                                    hessian=True, keep_dense_copy=True, shard_bytes=GIB)
     assert with_hessian.in_memory > estimate.in_memory + len(layers) * per_layer
+
+
+def test_freed_memory_is_returned_on_glibc():
+    assert memory.return_freed_memory() is True  # this project's machines run glibc
+    assert memory.return_freed_memory() is True  # and it can be asked again
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("model: {memory_budget: six GiB}", "model -> memory_budget: 'six GiB' is not a size"),
+    ("model: {memory_budget: 10MiB}", "below the 600 MiB any run needs"),
+    ("model: {streaming: sometimes}", "model -> streaming"),
+])
+def test_bad_memory_settings_name_their_key(tmp_path, text, message):
+    from wanda_export.config import parse_config
+    from wanda_export.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"version: 1\n{text}\nstages: [verify: {{}}]\n", base_dir=tmp_path)
+    assert message in str(caught.value)

@@ -24,6 +24,7 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
+from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
 from wanda_export.pipeline.benchmark import check_runtimes
@@ -151,6 +152,7 @@ def run_pipeline(
     log.info("memory: %s", memory.describe())
     if memory.streaming:
         unsupported_gates(config)
+        return_freed_memory()
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest())
         start = time.perf_counter()
