@@ -70,8 +70,8 @@ def test_smollm2_streams_identically(smollm2, spec):
 def test_smollm2_wanda_2of4_checkpoint_and_perplexities(smollm2, tmp_path):
     directory, loaded, calib, evaluation = smollm2
     spec = PruneSpec(method="wanda", mode="sequential", pattern="2:4")
-    dense = stream_perplexity(StreamedCheckpoint(directory), evaluation, device=CPU)
-    assert dense == perplexity(loaded.model, evaluation)
+    dense = stream_perplexity(StreamedCheckpoint(directory), evaluation, 4, device=CPU)
+    assert dense == perplexity(loaded.model, evaluation, 4)
     model = copy.deepcopy(loaded.model)
     prune_model(model, spec, calib)
     checkpoint = StreamedCheckpoint(directory)
@@ -80,5 +80,5 @@ def test_smollm2_wanda_2of4_checkpoint_and_perplexities(smollm2, tmp_path):
     writer.finish({"method": "wanda"}, checkpoint.config, loaded.tokenizer,
                   checkpoint.generation_config)
     assert len(list((tmp_path / "model").glob("model-*-of-*.safetensors"))) > 1
-    pruned = stream_perplexity(StreamedCheckpoint(tmp_path / "model"), evaluation, device=CPU)
-    assert pruned == perplexity(model, evaluation) > dense
+    pruned = stream_perplexity(StreamedCheckpoint(tmp_path / "model"), evaluation, 4, device=CPU)
+    assert pruned == perplexity(model, evaluation, 4) > dense
