@@ -7,28 +7,20 @@ import json
 
 import pytest
 import torch
-import yaml
 from helpers import invoke
+from pipelines import REMOVE, pipeline_data, write_pipeline_file
 from safetensors.torch import load_file
 
 
 def _pipeline(workdir, name, *, streaming, score="wanda", mode="sequential", mask=None,
               formats=("safetensors",), gates=None, budget=None):
-    model = {"path": "model", "dtype": "float32", "device": "cpu", "streaming": streaming}
-    if budget is not None:
-        model["memory_budget"] = budget
-    data = {"version": 1, "model": model,
-            "data": {"calibration": {"source": "text", "path": "calib.txt", "nsamples": 4,
-                                     "seqlen": 32, "seed": 0},
-                     "evaluation": {"source": "text", "path": "eval.txt", "seqlen": 32,
-                                    "max_windows": 4}},
-            "stages": [{"calibrate": {"mode": mode}}, {"score": {"method": score}},
-                       {"mask": mask or {"pattern": "2:4"}}, {"verify": {}}, {"evaluate": {}},
-                       {"export": {"formats": list(formats)}}],
-            "gates": gates or {}}
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    model = {"streaming": streaming} | ({"memory_budget": budget} if budget else {})
+    mask = mask or {"pattern": "2:4"}
+    data = pipeline_data(mode=mode, pattern=mask.get("pattern", "unstructured"), model=model,
+                         stages={"score": {"method": score}, "mask": mask,
+                                 "export": {"formats": list(formats)}},
+                         gates={"sparsity": REMOVE, "perplexity": REMOVE, **(gates or {})})
+    return write_pipeline_file(workdir / f"{name}.yaml", data)
 
 
 def _run(path, out, code=0):
