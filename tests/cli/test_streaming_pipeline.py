@@ -83,3 +83,16 @@ def test_a_budget_the_run_cannot_fit_exits_4_with_the_numbers(workdir):
     message = " ".join(result.stderr.split())
     assert "in memory" in message and "budget is 0.59 GiB (model.memory_budget)" in message
     assert not (workdir / "out").exists()
+
+
+def test_a_streamed_verify_only_pipeline_checks_the_input_checkpoint(workdir):
+    data = pipeline_data(model={"streaming": True},
+                         stages={"calibrate": REMOVE, "score": REMOVE, "mask": REMOVE,
+                                 "export": REMOVE},
+                         gates={"sparsity": REMOVE, "perplexity": REMOVE})
+    out = workdir / "out"
+    _run(write_pipeline_file(workdir / "verify.yaml", data), out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["memory"]["mode"] == "streaming"
+    assert report["sparsity"]["overall"] == 0.0 and not (out / "model").exists()
+    assert report["metrics"]["perplexity"]["pruned"] == report["metrics"]["perplexity"]["dense"]

@@ -28,6 +28,7 @@ from wanda_export.memory import (
     format_size,
     parse_size,
 )
+from wanda_export.model.layers import find_targets
 from wanda_export.model.streaming import StreamedCheckpoint
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.stages import (
@@ -185,17 +186,22 @@ def _finish_checkpoint(ctx: RunContext) -> Path:
 
 
 def _pruned_checkpoint(ctx: RunContext) -> StreamedCheckpoint:
-    """The pruned checkpoint as written, opened for streaming."""
+    """The pruned checkpoint as written, opened for streaming; the input checkpoint when the
+    pipeline prunes nothing (a verify-only or evaluate-only pipeline)."""
+    if ctx.spec is None:
+        return ctx.checkpoint
     return StreamedCheckpoint(_finish_checkpoint(ctx), ctx.checkpoint.dtype)
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
     """Re-read every pruned weight from the written shards and check it."""
     written = _pruned_checkpoint(ctx)
-    report = stream_verify(written, ctx.spec.targets_of(written.model), ctx.pattern)
-    ctx.record.sparsity = SparsityRecord(pattern=str(ctx.pattern), target=ctx.spec.sparsity,
-                                         report=report, allocation=ctx.allocation,
-                                         verified=True)
+    targets = (ctx.spec.targets_of(written.model) if ctx.spec is not None
+               else find_targets(written.model))
+    report = stream_verify(written, targets, ctx.pattern)
+    ctx.record.sparsity = SparsityRecord(
+        pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
+        report=report, allocation=ctx.allocation, verified=True)
     invalid = report.invalid_layers
     return StageRecord("verify", status="ok" if not invalid else "failed",
                        detail={"overall": report.overall, "invalid_layers": invalid,
