@@ -55,7 +55,8 @@ STALE_AFTER_SECONDS = 3600.0
 # The kinds the pipeline stores (pipeline/run_plan.py decides which); `clear` also
 # knows every kind with entries on disk.
 ALPHAS, CALIBRATION, PERPLEXITY = "alphas", "calibration", "perplexity"
-PIPELINE_KINDS = (ALPHAS, CALIBRATION, PERPLEXITY)
+STREAM_LAYER, STREAM_HIDDEN = "stream-layer", "stream-hidden"
+PIPELINE_KINDS = (ALPHAS, CALIBRATION, PERPLEXITY, STREAM_HIDDEN, STREAM_LAYER)
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -168,6 +169,10 @@ class CacheStore:
             elif entry.is_dir():  # else it vanished meanwhile (a concurrent clear or discard)
                 log.warning("cache entry %s/%s at %s has an unreadable manifest", kind, key, entry)
         return sorted(found, key=lambda info: (info.kind, info.key))
+
+    def remove(self, kind: str, key: str) -> bool:
+        """Remove one entry (renamed away, then deleted); whether it was there."""
+        return _discard(self.entry_dir(kind, key))
 
     def clear(self, kind: str | None = None) -> int:
         """Remove every entry (of ``kind``, or of all kinds) and return how many were removed.

@@ -14,8 +14,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from wanda_export.config import PipelineConfig
 from wanda_export.config.stages import ONNX_FORMATS, ExportStage
+from wanda_export.data.windows import token_digest
 from wanda_export.errors import EnvironmentProblem
 from wanda_export.evaluate.streaming import stream_perplexity
 from wanda_export.export.sharded import ShardWriter
@@ -38,11 +41,13 @@ from wanda_export.pipeline.stages import (
     pruning_plan,
     record_pruned_perplexity,
 )
+from wanda_export.pipeline.stream_cache import LayerCache
 from wanda_export.report.metrics import SparsityRecord
 from wanda_export.report.record import StageRecord
+from wanda_export.sparsity.verify import SparsityReport
 from wanda_export.stream.allocation import stream_allocation
 from wanda_export.stream.forward import stream_dense_statistics
-from wanda_export.stream.prune import stream_prune, stream_verify
+from wanda_export.stream.prune import LayerOutput, stream_prune, stream_verify
 
 WHOLE_MODEL = "the model exceeds the memory budget, and this stage needs it whole in one runtime"
 
@@ -130,9 +135,21 @@ def _writer(ctx: RunContext) -> ShardWriter:
     return ctx.shard_writer
 
 
+def _layer_cache(ctx: RunContext, windows: torch.Tensor | None) -> LayerCache:
+    """The per-layer cache of this prune, keyed on everything its layers depend on."""
+    return LayerCache(ctx.cache, {
+        "schema": "stream-prune", "model_fingerprint": ctx.loaded.fingerprint,
+        "dtype": ctx.config.model.dtype, "spec": ctx.spec.model_dump(mode="json"),
+        "pattern": str(ctx.pattern),
+        "calibration": None if windows is None else token_digest(windows),
+        "targets": [target.name for target in ctx.targets],
+        "ratios": {name: float(ratio) for name, ratio in sorted(ctx.allocation.ratios.items())}})
+
+
 def _prune(ctx: RunContext, stage: str) -> StageRecord:
     """Allocate, then stream every layer through calibration (when the method needs it),
-    pruning and the shard writer; record the sparsity reached."""
+    pruning and the shard writer, each finished layer cached; a rerun takes the cached
+    leading layers and resumes after them. Record the sparsity reached."""
     spec, checkpoint, device = ctx.spec, ctx.checkpoint, ctx.loaded.device
     windows = ctx.calibration_windows if spec.needs_calibration else None
     dense = None
@@ -140,17 +157,36 @@ def _prune(ctx: RunContext, stage: str) -> StageRecord:
         dense = stream_dense_statistics(checkpoint, windows, ctx.targets, device=device,
                                         batch_size=spec.batch_size)
     ctx.allocation = stream_allocation(checkpoint, ctx.targets, spec, dense, device=device)
+    forward_windows = windows if spec.prunes_from_statistics else None
+    layer_cache, writer = _layer_cache(ctx, forward_windows), _writer(ctx)
     layers = len(checkpoint.layers)
-    with ctx.progress.task(f"{stage} (streamed)", layers) as advance:
-        result = stream_prune(checkpoint, spec, windows if spec.prunes_from_statistics else None,
-                              _writer(ctx), device=device, ratios=ctx.allocation.ratios,
-                              on_layer=lambda _output: advance(1))
+    start, hidden = layer_cache.resume_point(layers, needs_hidden=forward_windows is not None)
+    report, seconds = SparsityReport(), {}
+    for index in range(start):
+        tensors, layer_report = layer_cache.load(index)
+        for name, tensor in tensors.items():
+            writer.add(name, tensor)
+        report.layers.update(layer_report)
+    if start < layers:
+        with ctx.progress.task(f"{stage} (streamed)", layers - start) as advance:
+            def on_layer(output: LayerOutput) -> None:
+                layer_cache.store(output)
+                advance(1)
+
+            result = stream_prune(checkpoint, spec, forward_windows, writer, device=device,
+                                  ratios=ctx.allocation.ratios, on_layer=on_layer,
+                                  start_layer=start, hidden=hidden)
+        report.layers.update(result.report.layers)
+        seconds = {key: round(value, 3) for key, value in result.seconds.items()}
+    else:
+        for name, tensor in checkpoint.outside_tensors():
+            writer.add(name, tensor)
     ctx.pruned_in_calibration = stage == "calibrate"
     ctx.record.sparsity = SparsityRecord(pattern=str(ctx.pattern), target=spec.sparsity,
-                                         report=result.report, allocation=ctx.allocation)
-    return StageRecord(stage, cache="miss", detail={
-        "streamed": True, "layers": layers, "pruned": True,
-        "seconds": {key: round(value, 3) for key, value in result.seconds.items()}})
+                                         report=report, allocation=ctx.allocation)
+    return StageRecord(stage, cache="hit" if start == layers else "miss", detail={
+        "streamed": True, "layers": layers, "layers_from_cache": start, "pruned": True,
+        "seconds": seconds})
 
 
 def run_calibrate(ctx: RunContext) -> StageRecord:
