@@ -216,3 +216,15 @@ def _llama_gguf_tensors(state: dict[str, torch.Tensor], config: Any) -> dict[str
                 weight = _permute_for_gguf(weight, config.num_key_value_heads)
             tensors[f"blk.{layer}.{gguf_name}.weight"] = weight
     return tensors
+
+
+def wait_for_marker(child, marker: Path, timeout: float, what: str) -> None:
+    """Wait until the child process writes `marker` (it reached the point a test interrupts);
+    fail if it ends first or `timeout` seconds pass."""
+    import time
+
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert child.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"the run never reached {what}"
+        time.sleep(0.1)

@@ -258,7 +258,7 @@ def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> N
     _setup_logging(True)
 
     def go():
-        from wanda_export.config import load_config
+        from wanda_export.config import load_config, meta_model
         from wanda_export.pipeline.plan import plan_pipeline
         from wanda_export.pipeline.runner import model_source
         from wanda_export.pipeline.streamed import decide_memory_mode
@@ -266,7 +266,9 @@ def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> N
         config = load_config(file)
         source = model_source(config)
         rows = plan_pipeline(config, _cache(cache_dir), source)
-        memory = decide_memory_mode(config, config.stage_names(), source)
+        skeleton = meta_model(source, revision=config.model.revision,
+                              trust_remote_code=config.model.trust_remote_code)
+        memory = decide_memory_mode(config, config.stage_names(), skeleton)
         _emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
               "\n".join([f"{'memory':16s} {memory.describe()}",
                          *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))

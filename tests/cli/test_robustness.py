@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
+
+from helpers import wait_for_marker
 
 from wanda_export.cache.store import CacheStore
 
@@ -40,11 +41,7 @@ def test_sigkill_mid_calibration_then_rerun(write_pipeline, workdir, isolated_ca
     child = subprocess.Popen(
         [sys.executable, "-c", SLOW_CALIBRATION, str(marker), "run", str(path), "--out", str(out),
          "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert child.poll() is None, "the run ended before calibrating"
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_for_marker(child, marker, 120, "calibrating")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert not out.exists()

@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import invoke
+from helpers import invoke, wait_for_marker
 from hostile import tree_digest
 
 from wanda_export.cache.store import CacheStore
@@ -45,11 +44,7 @@ def _interrupt_at(point, signum: int, cli_args: list[str], marker: Path, env: di
     child = subprocess.Popen([sys.executable, "-c", SLOW_AT, *point, str(marker), *cli_args],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while not marker.exists():
-            assert child.poll() is None, f"the run ended early: {child.communicate()}"
-            assert time.time() < deadline, "the run never reached the signal point"
-            time.sleep(0.1)
+        wait_for_marker(child, marker, 120, "the signal point")
         child.send_signal(signum)
         stdout, stderr = child.communicate(timeout=60)
     finally:

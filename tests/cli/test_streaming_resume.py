@@ -9,10 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import torch
-from helpers import invoke
+from helpers import invoke, wait_for_marker
 from pipelines import REMOVE, pipeline_data, write_pipeline_file
 from safetensors.torch import load_file
 
@@ -53,11 +52,7 @@ def test_a_streamed_run_killed_in_layer_1_resumes_at_layer_1(workdir, isolated_c
     child = subprocess.Popen([sys.executable, "-c", STUCK_IN_LAYER_1, str(marker), "run",
                               str(path), "--out", str(out), "--quiet"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not marker.exists():
-        assert child.poll() is None, "the run ended before reaching layer 1"
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_for_marker(child, marker, 180, "layer 1")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     store = CacheStore(isolated_cache)

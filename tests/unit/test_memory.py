@@ -85,10 +85,19 @@ def test_the_estimate_counts_layers_weights_and_hidden_states(tiny_model_dir):
     assert estimate.weights == sum(p.numel() for p in model.parameters()) * 4
     assert estimate.largest_layer == per_layer
     assert estimate.outside_layers == estimate.weights - len(layers) * per_layer
-    assert estimate.streaming < estimate.in_memory or len(layers) < 3
+    with_copy = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
+                                hessian=False, keep_dense_copy=True, shard_bytes=GIB)
+    assert with_copy.in_memory - estimate.in_memory == len(layers) * per_layer
+    assert with_copy.streaming == estimate.streaming  # streaming keeps no dense copy
+    more_windows = estimate_memory(model, layers, 4, windows=16, seqlen=32, batch_size=4,
+                                   hessian=False, keep_dense_copy=False, shard_bytes=GIB)
+    hidden = model.config.hidden_size
+    assert more_windows.streaming - estimate.streaming == 2 * 8 * 32 * hidden * 4
+    assert more_windows.in_memory == estimate.in_memory  # in memory: one batch at a time
     with_hessian = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                                   hessian=True, keep_dense_copy=True, shard_bytes=GIB)
-    assert with_hessian.in_memory > estimate.in_memory + len(layers) * per_layer
+                                   hessian=True, keep_dense_copy=False, shard_bytes=GIB)
+    assert with_hessian.in_memory > estimate.in_memory
+    assert with_hessian.streaming > estimate.streaming
 
 
 def test_freed_memory_is_returned_on_glibc():

@@ -22,7 +22,7 @@ from wanda_export.atomic import (
     staging_directory,
 )
 from wanda_export.cache.store import CacheStore
-from wanda_export.config import PipelineConfig, check_against_model
+from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
 from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model
@@ -142,13 +142,15 @@ def run_pipeline(
     out_dir = check_out_dir(Path(out_dir), protected, force=force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
-    check_against_model(config, model_source(config))
+    skeleton = meta_model(model_source(config), revision=config.model.revision,
+                          trust_remote_code=config.model.trust_remote_code)
+    check_against_model(config, skeleton)
     names = config.stage_names()
     if until is not None:
         names = names[: names.index(until) + 1]
     # a gated runtime this machine lacks: exit 4 before any work
     availability = check_runtimes(config) if "benchmark" in names else {}
-    memory = decide_memory_mode(config, names, model_source(config))
+    memory = decide_memory_mode(config, names, skeleton)
     log.info("memory: %s", memory.describe())
     if memory.streaming:
         unsupported_gates(config)

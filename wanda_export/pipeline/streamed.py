@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from wanda_export.config import PipelineConfig
 from wanda_export.config.stages import ONNX_FORMATS, ExportStage
@@ -31,7 +32,8 @@ from wanda_export.memory import (
     format_size,
     parse_size,
 )
-from wanda_export.model.layers import find_targets
+from wanda_export.model.layers import find_decoder_layers, find_targets
+from wanda_export.model.loading import resolve_dtype
 from wanda_export.model.streaming import StreamedCheckpoint
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.stages import (
@@ -74,16 +76,11 @@ class MemoryMode:
                 f"({self.budget.source})")
 
 
-def decide_memory_mode(config: PipelineConfig, stage_names: list[str], source: str) -> MemoryMode:
-    """Stream or not, from the model's shapes on the meta device (no weight read), the run's
-    data sizes and the memory budget; exit 4 when even streaming cannot fit."""
-    from wanda_export.config import meta_model
-    from wanda_export.model.layers import find_decoder_layers
-    from wanda_export.model.loading import resolve_dtype
-
+def decide_memory_mode(config: PipelineConfig, stage_names: list[str],
+                       skeleton: nn.Module) -> MemoryMode:
+    """Stream or not, from the model's shapes (`skeleton`, on the meta device: no weight read),
+    the run's data sizes and the memory budget; exit 4 when even streaming cannot fit."""
     model = config.model
-    skeleton = meta_model(source, revision=model.revision,
-                          trust_remote_code=model.trust_remote_code)
     calibration, evaluation = config.data.calibration, config.data.evaluation
     spec = config.prune_spec()
     sizes = [(calibration.nsamples, calibration.seqlen, calibration.batch_size)
@@ -259,7 +256,7 @@ def run_export(ctx: RunContext) -> StageRecord:
     formats = list(ctx.config.stage("export").formats)
     _finish_checkpoint(ctx)
     skipped = sorted(ONNX_FORMATS & set(formats))
-    discard_unrequested_checkpoint(ctx, ["export"])
+    discard_unrequested_checkpoint(ctx, ctx.config.stage_names())
     ctx.record.metrics.sizes = artifact_sizes(ctx)
     detail = {"formats": formats, "streamed": True,
               "shards": len(list((ctx.staging / CHECKPOINT_DIR).glob("*.safetensors")))}
