@@ -84,11 +84,28 @@ def worker(mode: str) -> dict:
     return {name: round(value / MIB) for name, value in phases.items()}
 
 
+def estimate() -> dict:
+    """The tool's own estimate (memory.estimate_memory) for the same prune, in MiB."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from wanda_export.memory import WindowPass, estimate_memory
+    from wanda_export.model.default import default_model_dir
+    from wanda_export.model.layers import find_decoder_layers
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(default_model_dir()))
+    calibration = WindowPass(windows=32, seqlen=512, batch_size=8, logits=False)
+    result = estimate_memory(model, find_decoder_layers(model)[1], 4, passes=[calibration],
+                             hessian=False, keep_dense_copy=False, shard_bytes=0)
+    return {"in memory": round(result.in_memory / MIB), "streamed": round(result.streaming / MIB)}
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2])))
         return
-    results = {}
+    results = {"estimate": estimate()}
     for mode in ("memory", "stream"):
         done = subprocess.run([sys.executable, __file__, "--worker", mode], check=True,
                               capture_output=True, text=True)

@@ -127,32 +127,65 @@ def detect_budget(configured: str | None) -> MemoryBudget:
 
 
 @dataclass(frozen=True)
+class WindowPass:
+    """One pass of token windows through the model: calibration (statistics, no logits) or
+    evaluation (the full-vocabulary logits of each batch)."""
+
+    windows: int
+    seqlen: int
+    batch_size: int
+    logits: bool
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a run needs, from the model's shapes: all weights, the largest decoder layer, the
-    modules outside the decoder stack, and the working set of each way of running."""
+    modules outside the decoder stack, and the working set of each way of running; on a GPU,
+    the `*_on_device` part of it sits in the GPU's memory (the rest stays in host memory)."""
 
     weights: int
     largest_layer: int
     outside_layers: int
     in_memory: int
     streaming: int
+    in_memory_on_device: int
+    streaming_on_device: int
 
     def to_dict(self) -> dict:
         """JSON-ready, in bytes."""
         return asdict(self)
 
 
+# Inside a decoder layer a batch's activations (attention scores, MLP intermediates, their
+# float32 copies) stay under this many hidden-size float32 vectors per token.
+_ACTIVATION_VECTORS_PER_TOKEN = 16
+
+
+def _batch_bytes(model: nn.Module, window_pass: WindowPass) -> int:
+    """One batch's working set: the layer activations, plus the logits and their float32
+    log-probabilities when the pass computes a loss."""
+    config = model.config.get_text_config()
+    tokens = min(window_pass.batch_size, window_pass.windows) * window_pass.seqlen
+    activations = tokens * int(config.hidden_size) * _ACTIVATION_VECTORS_PER_TOKEN * 4
+    logits = 2 * tokens * int(config.vocab_size) * 4 if window_pass.logits else 0
+    return activations + logits
+
+
 def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, *,
-                    windows: int, seqlen: int, batch_size: int, hessian: bool,
-                    keep_dense_copy: bool, shard_bytes: int) -> MemoryEstimate:
+                    passes: list[WindowPass], hessian: bool, keep_dense_copy: bool,
+                    shard_bytes: int) -> MemoryEstimate:
     """Estimate a run's needs from `model` on the meta device (its parameters' shapes).
 
-    In memory: the runtime, every weight (twice the decoder's when the benchmark keeps a dense
-    copy), one batch's activations and every layer's statistics (X^T X with `hessian`).
-    Streaming: the runtime, the modules outside the decoder stack (the input embeddings and
-    the output head are never resident together), one layer (twice: the layer and its pruned
-    tensors on their way to the writer), the shard being filled (`shard_bytes`), the hidden
-    states of all windows in and out of a layer, and one layer's statistics.
+    The passes (calibration, evaluation) run one after the other, so a run needs the largest
+    pass's working set, not their sum. In memory: the runtime, every weight (twice the
+    decoder's when the benchmark keeps a dense copy), one batch and every layer's statistics
+    (X^T X with `hessian`). Streaming: the runtime, the modules outside the decoder stack (the
+    input embeddings and the output head are never resident together), one layer (twice: the
+    layer and its pruned tensors on their way to the writer), the shard being filled
+    (`shard_bytes`), one layer's statistics, and per pass one batch plus the hidden states of
+    all its windows in and out of a layer. On a GPU only the weights being computed, one
+    batch and the statistics are on the device; the hidden states and the shard stay on the
+    CPU.
     """
     from wanda_export.model.layers import is_linear, weight_out_in
 
@@ -171,13 +204,16 @@ def estimate_memory(model: nn.Module, layers: nn.ModuleList, element_size: int, 
         sorted({weight_out_in(m).shape[1] for m in layer.modules() if is_linear(m)})
         for layer in layers]
     stats = [sum((n * n if hessian else n) * 4 for n in widths) for widths in inputs_per_layer]
-    activations = batch_size * seqlen * max(hidden * 16, model.config.vocab_size) * 4
-    in_memory = (RUNTIME_BYTES + weights + (sum(per_layer) if keep_dense_copy else 0)
-                 + activations + sum(stats))
-    states = 2 * windows * seqlen * hidden * element_size
-    streaming = (RUNTIME_BYTES + outside_peak + 2 * largest + min(shard_bytes, weights) + states
-                 + max(stats) + activations)
-    return MemoryEstimate(weights, largest, outside, in_memory, streaming)
+    batches = [_batch_bytes(model, window_pass) for window_pass in passes] or [0]
+    states = [2 * p.windows * p.seqlen * hidden * element_size for p in passes] or [0]
+    in_memory_on_device = weights + max(batches) + sum(stats)
+    streaming_on_device = outside_peak + 2 * largest + max(stats) + max(batches)
+    in_memory = (RUNTIME_BYTES + in_memory_on_device
+                 + (sum(per_layer) if keep_dense_copy else 0))
+    streaming = (RUNTIME_BYTES + outside_peak + 2 * largest + min(shard_bytes, weights)
+                 + max(stats) + max(b + s for b, s in zip(batches, states, strict=True)))
+    return MemoryEstimate(weights, largest, outside, in_memory, streaming, in_memory_on_device,
+                          streaming_on_device)
 
 
 def choose_streaming(setting: bool | str, estimate: MemoryEstimate,

@@ -96,3 +96,24 @@ def test_a_streamed_verify_only_pipeline_checks_the_input_checkpoint(workdir):
     assert report["model"]["memory"]["mode"] == "streaming"
     assert report["sparsity"]["overall"] == 0.0 and not (out / "model").exists()
     assert report["metrics"]["perplexity"]["pruned"] == report["metrics"]["perplexity"]["dense"]
+
+
+@pytest.mark.parametrize(("score", "mode", "mask", "entry"), [
+    ("wanda", "sequential", {"sparsity": 0.5, "allocation": "owl"}, "dense_statistics"),
+    ("wanda", "dense", {"sparsity": 0.5, "allocation": "owl"}, "dense_statistics"),
+    ("magnitude", "dense", {"sparsity": 0.5, "allocation": "alphapruning"}, "alphas"),
+])
+def test_a_streamed_allocation_shares_the_in_memory_runs_cache_entries(workdir, score, mode,
+                                                                       mask, entry):
+    details = {}
+    for streaming in (False, True):
+        out = workdir / f"out-{streaming}"
+        _run(_pipeline(workdir, f"p-{streaming}", streaming=streaming, score=score, mode=mode,
+                       mask=mask), out)
+        report = json.loads((out / "report.json").read_text())
+        details[streaming] = next(s for s in report["stages"] if s["name"] == "mask")["detail"]
+    if mode == "sequential" or score == "magnitude":  # a dense-mode run reuses its own pass
+        assert details[False]["cache"][entry] == "miss"
+    assert details[True]["cache"][entry] == "hit"
+    a, b = _weights(workdir / "out-False"), _weights(workdir / "out-True")
+    assert all(torch.equal(a[name], b[name]) for name in a)

@@ -11,6 +11,7 @@ from wanda_export.errors import EnvironmentProblem
 from wanda_export.memory import (
     MemoryBudget,
     MemoryEstimate,
+    WindowPass,
     choose_streaming,
     detect_budget,
     estimate_memory,
@@ -63,7 +64,8 @@ def test_the_budget_is_the_smaller_of_available_memory_and_the_cgroup_limit(tmp_
 
 def test_streaming_is_chosen_when_the_model_does_not_fit():
     estimate = MemoryEstimate(weights=28 * GIB, largest_layer=GIB, outside_layers=2 * GIB,
-                              in_memory=30 * GIB, streaming=5 * GIB)
+                              in_memory=30 * GIB, streaming=5 * GIB,
+                              in_memory_on_device=29 * GIB, streaming_on_device=3 * GIB)
     assert choose_streaming("auto", estimate, MemoryBudget(24 * GIB, "test")) is True
     assert choose_streaming("auto", estimate, MemoryBudget(64 * GIB, "test")) is False
     assert choose_streaming(True, estimate, MemoryBudget(64 * GIB, "test")) is True
@@ -74,30 +76,54 @@ def test_streaming_is_chosen_when_the_model_does_not_fit():
         choose_streaming("auto", estimate, MemoryBudget(4 * GIB, "test"))
 
 
-def test_the_estimate_counts_layers_weights_and_hidden_states(tiny_model_dir):
+def _meta_llama(tiny_model_dir):
+    """The tiny llama's skeleton on the meta device and its decoder layers."""
     config = AutoConfig.from_pretrained(tiny_model_dir("llama"))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    layers = find_decoder_layers(model)[1]
-    estimate = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                               hessian=False, keep_dense_copy=False, shard_bytes=GIB)
+    return model, find_decoder_layers(model)[1]
+
+
+def test_the_estimate_counts_layers_weights_and_hidden_states(tiny_model_dir):
+    model, layers = _meta_llama(tiny_model_dir)
+    calibration = WindowPass(windows=8, seqlen=32, batch_size=4, logits=False)
+
+    def estimate(*passes, hessian=False, keep_dense_copy=False):
+        return estimate_memory(model, layers, 4, passes=list(passes), hessian=hessian,
+                               keep_dense_copy=keep_dense_copy, shard_bytes=GIB)
+
+    base = estimate(calibration)
     per_layer = sum(p.numel() for p in layers[0].parameters()) * 4
-    assert estimate.weights == sum(p.numel() for p in model.parameters()) * 4
-    assert estimate.largest_layer == per_layer
-    assert estimate.outside_layers == estimate.weights - len(layers) * per_layer
-    with_copy = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                                hessian=False, keep_dense_copy=True, shard_bytes=GIB)
-    assert with_copy.in_memory - estimate.in_memory == len(layers) * per_layer
-    assert with_copy.streaming == estimate.streaming  # streaming keeps no dense copy
-    more_windows = estimate_memory(model, layers, 4, windows=16, seqlen=32, batch_size=4,
-                                   hessian=False, keep_dense_copy=False, shard_bytes=GIB)
+    assert base.weights == sum(p.numel() for p in model.parameters()) * 4
+    assert base.largest_layer == per_layer
+    assert base.outside_layers == base.weights - len(layers) * per_layer
+    with_copy = estimate(calibration, keep_dense_copy=True)
+    assert with_copy.in_memory - base.in_memory == len(layers) * per_layer
+    assert with_copy.streaming == base.streaming  # streaming keeps no dense copy
+    more_windows = estimate(WindowPass(windows=16, seqlen=32, batch_size=4, logits=False))
     hidden = model.config.hidden_size
-    assert more_windows.streaming - estimate.streaming == 2 * 8 * 32 * hidden * 4
-    assert more_windows.in_memory == estimate.in_memory  # in memory: one batch at a time
-    with_hessian = estimate_memory(model, layers, 4, windows=8, seqlen=32, batch_size=4,
-                                   hessian=True, keep_dense_copy=False, shard_bytes=GIB)
-    assert with_hessian.in_memory > estimate.in_memory
-    assert with_hessian.streaming > estimate.streaming
+    assert more_windows.streaming - base.streaming == 2 * 8 * 32 * hidden * 4
+    assert more_windows.in_memory == base.in_memory  # in memory: one batch at a time
+    with_hessian = estimate(calibration, hessian=True)
+    assert with_hessian.in_memory > base.in_memory
+    assert with_hessian.streaming > base.streaming
+
+
+def test_only_evaluation_pays_for_logits_and_passes_do_not_add_up(tiny_model_dir):
+    model, layers = _meta_llama(tiny_model_dir)
+    config = model.config
+    calibration = WindowPass(windows=8, seqlen=32, batch_size=4, logits=False)
+    evaluation = WindowPass(windows=2, seqlen=64, batch_size=4, logits=True)
+
+    def estimate(*passes):
+        return estimate_memory(model, layers, 4, passes=list(passes), hessian=False,
+                               keep_dense_copy=False, shard_bytes=GIB)
+
+    alone, both = estimate(calibration), estimate(calibration, evaluation)
+    # two evaluation windows of 64 make one batch of 128 tokens, as many as calibration's:
+    # the difference is the logits and their float32 log-probabilities
+    assert both.in_memory - alone.in_memory == 2 * (2 * 64) * config.vocab_size * 4
+    assert both.in_memory == estimate(evaluation).in_memory  # the larger pass, not the sum
 
 
 def test_freed_memory_is_returned_on_glibc():

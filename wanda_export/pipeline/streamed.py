@@ -26,6 +26,7 @@ from wanda_export.export.sharded import ShardWriter
 from wanda_export.memory import (
     MemoryBudget,
     MemoryEstimate,
+    WindowPass,
     choose_streaming,
     detect_budget,
     estimate_memory,
@@ -35,6 +36,7 @@ from wanda_export.memory import (
 from wanda_export.model.layers import find_decoder_layers, find_targets
 from wanda_export.model.loading import resolve_dtype
 from wanda_export.model.streaming import StreamedCheckpoint
+from wanda_export.pipeline.allocation import ensure_allocation
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.stages import (
     CHECKPOINT_DIR,
@@ -47,8 +49,6 @@ from wanda_export.pipeline.stream_cache import LayerCache
 from wanda_export.report.metrics import SparsityRecord
 from wanda_export.report.record import StageRecord
 from wanda_export.sparsity.verify import SparsityReport
-from wanda_export.stream.allocation import stream_allocation
-from wanda_export.stream.forward import stream_dense_statistics
 from wanda_export.stream.prune import LayerOutput, stream_prune, stream_verify
 
 WHOLE_MODEL = "the model exceeds the memory budget, and this stage needs it whole in one runtime"
@@ -83,15 +83,16 @@ def decide_memory_mode(config: PipelineConfig, stage_names: list[str],
     model = config.model
     calibration, evaluation = config.data.calibration, config.data.evaluation
     spec = config.prune_spec()
-    sizes = [(calibration.nsamples, calibration.seqlen, calibration.batch_size)
-             if calibration is not None and "calibrate" in stage_names else (0, 1, 1)]
+    passes = []
+    if calibration is not None and "calibrate" in stage_names:
+        passes.append(WindowPass(calibration.nsamples, calibration.seqlen,
+                                 calibration.batch_size, logits=False))
     if evaluation is not None and "evaluate" in stage_names:
-        sizes.append((evaluation.max_windows or 1, evaluation.seqlen, evaluation.batch_size))
-    windows, seqlen, batch_size = max(sizes, key=lambda size: size[0] * size[1])
+        passes.append(WindowPass(evaluation.max_windows or 1, evaluation.seqlen,
+                                 evaluation.batch_size, logits=True))
     estimate = estimate_memory(
         skeleton, find_decoder_layers(skeleton)[1], resolve_dtype(model.dtype).itemsize,
-        windows=windows, seqlen=seqlen, batch_size=batch_size,
-        hessian=spec is not None and spec.needs_hessian,
+        passes=passes, hessian=spec is not None and spec.needs_hessian,
         keep_dense_copy="benchmark" in stage_names, shard_bytes=_max_shard_bytes(config))
     budget = detect_budget(model.memory_budget)
     return MemoryMode(choose_streaming(model.streaming, estimate, budget), budget, estimate)
@@ -149,11 +150,7 @@ def _prune(ctx: RunContext, stage: str) -> StageRecord:
     leading layers and resumes after them. Record the sparsity reached."""
     spec, checkpoint, device = ctx.spec, ctx.checkpoint, ctx.loaded.device
     windows = ctx.calibration_windows if spec.needs_calibration else None
-    dense = None
-    if spec.allocation == "owl":
-        dense = stream_dense_statistics(checkpoint, windows, ctx.targets, device=device,
-                                        batch_size=spec.batch_size)
-    ctx.allocation = stream_allocation(checkpoint, ctx.targets, spec, dense, device=device)
+    ensure_allocation(ctx)
     forward_windows = windows if spec.prunes_from_statistics else None
     layer_cache, writer = _layer_cache(ctx, forward_windows), _writer(ctx)
     layers = len(checkpoint.layers)
@@ -205,7 +202,8 @@ def run_mask(ctx: RunContext) -> StageRecord:
     return StageRecord("mask", detail={
         "layers": len(ctx.targets), "overall": sparsity.report.overall,
         "allocation": ctx.allocation.method, "streamed": True,
-        "pruned_during": "calibrate" if ctx.pruned_in_calibration else "mask"})
+        "pruned_during": "calibrate" if ctx.pruned_in_calibration else "mask",
+        **({"cache": ctx.allocation_inputs} if ctx.allocation_inputs else {})})
 
 
 def _finish_checkpoint(ctx: RunContext) -> Path:
