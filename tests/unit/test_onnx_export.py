@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from wanda_export.config.stages import ExportStage
+from wanda_export.errors import ConfigError
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.export.onnx import convert_to_fp16, export_onnx, input_names, output_names
 from wanda_export.export.onnx_genai import export_genai, genai_supports
@@ -16,6 +18,7 @@ from wanda_export.export.onnx_tensors import load_graph, read_initializer
 from wanda_export.export.onnx_verify import matmul_weights, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.model.layers import find_targets
+from wanda_export.pipeline.onnx_stage import choose_exporter
 from wanda_export.prune import PruneSpec, prune_model
 from wanda_export.sparsity.pattern import Pattern
 
@@ -149,3 +152,31 @@ def test_bf16_model_verifies_against_its_own_zeros(tiny_model, tiny_model_dir, t
     verification = verify_onnx(result.path, find_targets(model), Pattern(2, 4))
     assert verification.valid, verification.failures
     assert np.isclose(verification.layers["model.layers.0.mlp.up_proj"].sparsity, 0.5)
+
+
+@pytest.mark.parametrize("family, setting, formats, expected", [
+    ("llama", "auto", ["onnx"], "genai"),
+    ("qwen3", "auto", ["onnx", "onnx-bf16"], "genai"),
+    ("llama", "auto", ["onnx", "tensorrt"], "torch"),  # TensorRT gets the generic graph
+    ("gpt2", "auto", ["onnx"], "torch"),
+    ("phi3", "auto", ["onnx"], "torch"),
+    ("llama", "torch", ["onnx"], "torch"),
+])
+def test_the_exporter_choice(tiny_model, family, setting, formats, expected):
+    exporter, reason = choose_exporter(setting, tiny_model(family).config, formats)
+    assert exporter == expected and reason
+
+
+@pytest.mark.parametrize("family, setting, formats, phrase", [
+    ("opt", "genai", ["onnx"], "genai has no builder for OPTForCausalLM"),
+    ("gpt2", "auto", ["onnx", "onnx-bf16"], "onnx-bf16 is written by the genai exporter"),
+])
+def test_an_exporter_the_model_cannot_have_is_a_config_error(tiny_model, family, setting,
+                                                              formats, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        choose_exporter(setting, tiny_model(family).config, formats)
+
+
+def test_bf16_with_the_torch_exporter_is_refused_by_the_schema():
+    with pytest.raises(ValueError, match="onnx-bf16 format is written by the genai exporter"):
+        ExportStage(formats=["onnx", "onnx-bf16"], onnx_exporter="torch")
