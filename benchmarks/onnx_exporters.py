@@ -1,9 +1,10 @@
 """SmolLM2-135M Wanda 2:4 exported by both ONNX exporters in one run: export time, peak RSS
 (process high-water mark reset before each export; anonymous and file-backed parts), weights
 verified 2:4 along K in the file, parity (logits, greedy through the KV cache, and through
-onnxruntime-genai for its folder).
+onnxruntime-genai for its folder), and onnxruntime CPU latency of both graphs on the same shapes
+(the benchmark stage's timing: fixed threads, warm-up, p50 / p95).
 
-    python benchmarks/onnx_exporters.py [--threads 2]
+    python benchmarks/onnx_exporters.py [--threads 2] [--iterations 10]
 
 Results: benchmarks/results/onnx-exporters.json.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,8 @@ from pathlib import Path
 import torch
 from onnx_export import _peak_rss, _peak_rss_reset  # benchmarks/ is on sys.path
 
+from wanda_export.bench.onnx_latency import open_session, time_session
+from wanda_export.bench.shapes import parse_shape
 from wanda_export.data.sources import TextSource, load_documents
 from wanda_export.data.windows import calibration_windows
 from wanda_export.evaluate.parity import measure_parity
@@ -42,16 +46,38 @@ def _rss_anon() -> int:
     raise RuntimeError("RssAnon")
 
 
-def measure(name, export, model, tokenizer, genai_folder=None) -> dict:
+SHAPES = ("prefill:1x128", "prefill:8x512", "decode:1x1@128")
+
+
+def _latency(path: Path, args) -> dict:
+    """p50 / p95 ms per shape on onnxruntime's CPU provider."""
+    session = open_session(path, threads=args.threads)
+    result = {}
+    for shape in SHAPES:
+        stats = time_session(session, parse_shape(shape), threads=args.threads, warmup=2,
+                             iterations=args.iterations).stats
+        result[shape] = {"p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms}
+    return result
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(name, export, model, tokenizer, args, genai_folder=None) -> dict:
     baseline = _rss_anon()
     _peak_rss_reset()
+    cpu = _cpu_seconds()
     exported = export()
+    cpu = _cpu_seconds() - cpu
     peak = _peak_rss()
     targets = find_targets(model)
     verification = verify_onnx(exported.path, targets, Pattern(2, 4))
     parity = measure_parity(model, tokenizer, exported.path, exported.layout, new_tokens=32,
                             genai_folder=genai_folder)
-    return {"exporter": name, "export_seconds": exported.seconds,
+    return {"exporter": name, "export_seconds": exported.seconds, "export_cpu_seconds": cpu,
+            "latency_cpu": _latency(exported.path, args),
             "peak_rss_bytes": peak, "rss_anon_before_bytes": baseline,
             "verified_layers": sum(c.valid for c in verification.layers.values()),
             "pruned_layers": len(targets), "parity": parity.to_dict()}
@@ -80,6 +106,7 @@ def genai_alone(checkpoint: Path, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(None, device="cpu")
@@ -93,9 +120,9 @@ def main() -> None:
         export_checkpoint(model, tokenizer, work / "model", {})
         alone = genai_alone(work / "model", work / "genai-alone")
         genai = measure("genai", lambda: export_genai(work / "model", work / "genai"), model,
-                        tokenizer, genai_folder=work / "genai")
+                        tokenizer, args, genai_folder=work / "genai")
         torch_path = measure("torch", lambda: export_onnx(model, work / "torch" / "model.onnx"),
-                             model, tokenizer)
+                             model, tokenizer, args)
     result = {"weights_bytes": weights, "genai_alone": alone, "genai": genai,
               "torch": torch_path,
               "genai_alone_peak_rss_over_weights": alone["VmHWM"] / weights,
