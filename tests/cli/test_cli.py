@@ -238,3 +238,25 @@ def test_a_verify_only_pipeline_checks_a_checkpoint_it_does_not_prune(workdir):
     assert report["sparsity"]["pattern"] == "unstructured" and report["sparsity"]["target"] is None
     assert {s["name"]: s["status"] for s in report["stages"]}["score"] == "skipped"
     assert not next(g for g in report["gates"] if g["name"] == "sparsity.min")["passed"]
+
+
+def test_onnx_release_through_the_genai_exporter(write_pipeline, workdir):
+    """Without safetensors and tensorrt, auto picks onnxruntime-genai's builder (fed a
+    temporary checkpoint, removed afterwards); the report says which exporter ran and why."""
+    path = write_pipeline(
+        pattern="2:4",
+        stages={"export": {"formats": ["onnx", "onnx-fp16"], "parity_tokens": 8}},
+        gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
+    out = workdir / "out"
+    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    export = next(stage for stage in report["stages"] if stage["name"] == "export")
+    assert export["detail"]["onnx_exporter"] == "genai"
+    onnx_checks = report["metrics"]["onnx"]
+    assert onnx_checks["onnx"]["exporter"] == onnx_checks["onnx-fp16"]["exporter"] == "genai"
+    assert onnx_checks["onnx"]["valid"] and onnx_checks["onnx"]["packed_layers"] > 0
+    assert report["metrics"]["parity"]["genai_generation_match"] is True
+    assert {"genai_config.json", "model.onnx", "model.onnx.data", "model.fp16.onnx"} <= {
+        p.name for p in (out / "onnx").iterdir()}
+    assert not (out / "model").exists() and not (out / ".onnx-source").exists()

@@ -60,9 +60,31 @@ def test_streamed_release_equals_the_in_memory_one(workdir, score, mode, mask):
                                                                                 "mask")
 
 
+def test_streamed_onnx_is_built_from_the_shards_as_in_memory(workdir):
+    """A streamed run exports ONNX through onnxruntime-genai's builder from its written
+    shards and verifies it in the file: the same bytes as the in-memory run's export."""
+    reports = {}
+    for streaming in (False, True):
+        out = workdir / f"onnx-{streaming}"
+        _run(_pipeline(workdir, f"onnx-{streaming}", streaming=streaming,
+                       formats=("safetensors", "onnx")), out)
+        reports[streaming] = json.loads((out / "report.json").read_text())
+    streamed = reports[True]
+    export = next(s for s in streamed["stages"] if s["name"] == "export")["detail"]
+    assert export["onnx_exporter"] == "genai" and "parity_skipped" in export
+    check = streamed["metrics"]["onnx"]["onnx"]
+    assert check["valid"] and check["layers"] == len(streamed["sparsity"]["layers"])
+    files = [workdir / f"onnx-{streaming}" / "onnx" / "model.onnx.data" for streaming in
+             (False, True)]
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
 def test_streaming_skips_what_needs_the_whole_model(workdir):
     out = workdir / "out"
-    _run(_pipeline(workdir, "onnx", streaming=True, formats=("safetensors", "onnx")), out)
+    path = _pipeline(workdir, "onnx", streaming=True, formats=("safetensors", "onnx"))
+    text = path.read_text().replace("formats:", "onnx_exporter: torch\n    formats:", 1)
+    path.write_text(text)
+    _run(path, out)
     report = json.loads((out / "report.json").read_text())
     export = next(s for s in report["stages"] if s["name"] == "export")
     assert "onnx" in export["detail"]["skipped"] and not (out / "onnx").exists()

@@ -15,7 +15,7 @@ import numpy as np
 
 from wanda_export.bench.shapes import Shape
 from wanda_export.bench.timing import LatencyStats, time_callable
-from wanda_export.evaluate.parity import onnx_session, onnx_step
+from wanda_export.evaluate.parity import onnx_session, onnx_step, session_io
 from wanda_export.export.onnx import CacheLayout
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -108,6 +108,7 @@ def time_session(session, shape: Shape, *, threads: int, warmup: int,
     when not given."""
     layout = layout or session_layout(session)
     ids, past = shape_inputs(shape, layout, _vocab_bound(session))
-    stats = time_callable(lambda: onnx_step(session, layout, ids, past, shape.past),
+    io = session_io(session)
+    stats = time_callable(lambda: onnx_step(session, layout, ids, past, shape.past, io),
                           warmup, iterations)
     return OnnxLatency(shape, session.get_providers()[0], threads, stats)

@@ -48,10 +48,11 @@ Group = Literal["row", "layer"]
 AllocationMethod = Literal["uniform", "alphapruning", "owl"]
 AlphaXmin = Literal["ks", "median"]
 Granularity = Literal["block", "matrix"]
-ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "tensorrt"]
+ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "onnx-bf16", "tensorrt"]
+OnnxExporter = Literal["auto", "genai", "torch"]
 RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch",
                       "torch-sparse24"]
-ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "tensorrt"})
+ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "onnx-bf16", "tensorrt"})
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 _MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
 
@@ -195,9 +196,15 @@ class EvaluateStage(StrictModel):
 class ExportStage(StrictModel):
     """Write the pruned model; a list of format names so new formats are additive.
 
-    onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16: an fp16 copy; tensorrt: the
-    ONNX plus tensorrt.json (2:4 only). With any ONNX format the sparsity is re-verified in the
-    file, and with `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
+    onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16 / onnx-bf16: the same decoder
+    in that precision (bf16 needs the genai exporter); tensorrt: the ONNX plus tensorrt.json
+    (2:4 only). With any ONNX format the sparsity is re-verified in the file, and with `parity`
+    onnxruntime's logits and greedy generation are compared to PyTorch.
+
+    `onnx_exporter`: genai (onnxruntime-genai's model builder fed the pruned safetensors: fast,
+    memory of one tensor, fused onnxruntime operators, genai_config.json), torch
+    (torch.onnx.export, the generic graph), or auto: genai for the families it builds, torch for
+    the others and for the tensorrt format (TensorRT's parser lacks onnxruntime's fused ops).
     """
 
     summary: ClassVar[str] = "Write the deployable artifacts."
@@ -205,9 +212,17 @@ class ExportStage(StrictModel):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: ["safetensors"], min_length=1
     )
+    onnx_exporter: OnnxExporter = "auto"
     parity: bool = True
     parity_tokens: int = Field(32, ge=1, le=MAX_PARITY_TOKENS)
     max_shard_size: str = "2GiB"  # safetensors shards written while streaming
+
+    @model_validator(mode="after")
+    def _bf16_needs_genai(self) -> Self:
+        if "onnx-bf16" in self.formats and self.onnx_exporter == "torch":
+            raise rules_error([problem(("formats",), "the onnx-bf16 format is written by the "
+                                       "genai exporter; set onnx_exporter: auto or genai")])
+        return self
 
     @field_validator("max_shard_size")
     @classmethod

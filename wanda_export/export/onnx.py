@@ -41,6 +41,7 @@ class OnnxExport:
     input_names: list[str]
     output_names: list[str]
     layout: CacheLayout
+    exporter: str = "torch"  # "torch" (torch.onnx, dynamo) or "genai" (onnxruntime-genai)
 
 
 def input_names(layers: int) -> list[str]:

@@ -13,35 +13,27 @@ hit the mask stage prunes each layer from its cached statistics, which gives the
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
 from wanda_export.config.stages import ONNX_FORMATS
-from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
 from wanda_export.evaluate.streaming import stream_perplexity
-from wanda_export.export.onnx import convert_to_fp16, export_onnx
-from wanda_export.export.onnx_verify import OnnxVerification, verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
-from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.pipeline.allocation import cached_dense_statistics, ensure_allocation
 from wanda_export.pipeline.benchmark import run_benchmark
 from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.onnx_stage import CHECKPOINT_DIR, ONNX_DIR, export_onnx_formats
 from wanda_export.pipeline.run_plan import CALIBRATE, DENSE_PERPLEXITY
 from wanda_export.prune import prune_model, prune_targets, verify_targets
 from wanda_export.report.metrics import (
     ArtifactSizes,
     FileSize,
-    OnnxFileCheck,
     PerplexityMetrics,
     SparsityRecord,
 )
 from wanda_export.report.record import StageRecord
-
-CHECKPOINT_DIR = "model"
-ONNX_DIR = "onnx"
 
 StageFn = Callable[[RunContext], StageRecord]
 
@@ -195,43 +187,6 @@ def pruning_plan(ctx: RunContext) -> dict:
     }
 
 
-def _verify_in_file(ctx: RunContext, path: Path, label: str) -> OnnxVerification:
-    """Re-verify the pruned weights inside an exported ONNX file and record the result (the
-    `<label>.sparsity` gate reads it)."""
-    verification = verify_onnx(path, ctx.targets, ctx.pattern)
-    ctx.record.metrics.onnx[label] = OnnxFileCheck(
-        file=str(path.relative_to(ctx.staging)), pattern=str(ctx.pattern),
-        verification=verification)
-    return verification
-
-
-def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool]:
-    """ONNX (fp32, optional fp16 copy, TensorRT recipe), verified in the file, parity-checked.
-
-    Returns the stage detail and whether every file passed its in-file verification."""
-    directory = ctx.staging / ONNX_DIR
-    exported = export_onnx(ctx.loaded.model, directory / "model.onnx")
-    ctx.loaded.model.config.save_pretrained(directory)
-    if ctx.loaded.tokenizer is not None:
-        ctx.loaded.tokenizer.save_pretrained(directory)
-    detail = {"onnx_export_seconds": round(exported.seconds, 3)}
-    verification = _verify_in_file(ctx, exported.path, "onnx")
-    ctx.onnx_export = (exported.path, verification)
-    valid = verification.valid
-    if "onnx-fp16" in formats:
-        fp16 = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
-        valid = _verify_in_file(ctx, fp16, "onnx-fp16").valid and valid
-    if "tensorrt" in formats:
-        write_tensorrt_recipe(directory, exported.path.name, verification)
-    if stage.parity:
-        with ctx.progress.task("parity (onnxruntime vs torch)", 1) as advance:
-            parity = measure_parity(ctx.loaded.model, ctx.loaded.tokenizer, exported.path,
-                                    exported.layout, new_tokens=stage.parity_tokens)
-            advance(1)
-        ctx.record.metrics.parity = parity
-    return detail, valid
-
-
 def artifact_sizes(ctx: RunContext) -> ArtifactSizes:
     """Bytes of each exported weight file against a dense export of the same model and dtype.
 
@@ -258,7 +213,8 @@ def run_export(ctx: RunContext) -> StageRecord:
         export_checkpoint(ctx.loaded.model, ctx.loaded.tokenizer, ctx.staging / CHECKPOINT_DIR,
                           pruning_plan(ctx))
     if ONNX_FORMATS & set(formats):
-        onnx_detail, valid = _export_onnx(ctx, formats, stage)
+        onnx_detail, valid = export_onnx_formats(ctx, formats, stage, pruning_plan(ctx),
+                                                 ctx.targets)
         detail.update(onnx_detail)
     ctx.record.metrics.sizes = artifact_sizes(ctx)
     return StageRecord("export", status="ok" if valid else "failed", detail=detail)

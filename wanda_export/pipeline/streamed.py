@@ -3,7 +3,8 @@ the same stage names and records as `stages.py`, with the work done by `stream/`
 time and the pruned checkpoint written shard by shard into the release as it is produced.
 
 Pruning happens in the calibrate stage when the method calibrates, otherwise in the mask stage
-(the records say which). What needs the whole model in one runtime (the ONNX export, parity,
+(the records say which). The ONNX export reads the written shards through onnxruntime-genai's
+builder (families it builds); what needs the whole model in one runtime (torch.onnx, parity,
 the benchmark) is skipped with the reason; a gate that needs it stops the run before any work
 (`unsupported_gates`).
 """
@@ -38,6 +39,7 @@ from wanda_export.model.loading import resolve_dtype
 from wanda_export.model.streaming import StreamedCheckpoint
 from wanda_export.pipeline.allocation import ensure_allocation
 from wanda_export.pipeline.context import RunContext
+from wanda_export.pipeline.onnx_stage import choose_exporter, export_onnx_formats
 from wanda_export.pipeline.stages import (
     CHECKPOINT_DIR,
     STAGES,
@@ -248,19 +250,41 @@ def run_evaluate(ctx: RunContext) -> StageRecord:
     return StageRecord("evaluate", detail={"perplexity": value, "streamed": True})
 
 
+def _export_onnx_streamed(ctx: RunContext, formats: list[str]) -> tuple[dict, bool]:
+    """ONNX from the written shards through onnxruntime-genai's builder (memory-mapped, never
+    the whole model), verified in the file against the shards one tensor at a time; skipped
+    with the reason when this model or format needs the torch exporter (the whole model)."""
+    stage = ctx.config.stage("export")
+    exporter, reason = choose_exporter(stage.onnx_exporter, ctx.checkpoint.config, formats)
+    if exporter != "genai":
+        return {"skipped": {name: f"{WHOLE_MODEL} ({reason})"
+                            for name in sorted(ONNX_FORMATS & set(formats))}}, True
+    written = StreamedCheckpoint(ctx.staging / CHECKPOINT_DIR, ctx.checkpoint.dtype)
+    targets = ctx.spec.targets_of(written.model) if ctx.spec is not None else find_targets(
+        written.model)
+
+    def reference(target) -> torch.Tensor:
+        source = written.source_name(f"{target.name}.weight")
+        return written.read([source])[source]
+
+    return export_onnx_formats(ctx, formats, stage, pruning_plan(ctx), targets, reference)
+
+
 def run_export(ctx: RunContext) -> StageRecord:
-    """The safetensors checkpoint is already written, shard by shard; ONNX formats need the
-    whole model and are skipped with the reason."""
+    """The safetensors checkpoint is already written, shard by shard; ONNX is exported from
+    those shards by onnxruntime-genai's builder when the family has one (else skipped with the
+    reason: torch.onnx needs the whole model)."""
     formats = list(ctx.config.stage("export").formats)
     _finish_checkpoint(ctx)
-    skipped = sorted(ONNX_FORMATS & set(formats))
+    detail: dict = {"formats": formats, "streamed": True,
+                    "shards": len(list((ctx.staging / CHECKPOINT_DIR).glob("*.safetensors")))}
+    valid = True
+    if ONNX_FORMATS & set(formats):
+        onnx_detail, valid = _export_onnx_streamed(ctx, formats)
+        detail.update(onnx_detail)
     discard_unrequested_checkpoint(ctx, ctx.config.stage_names())
     ctx.record.metrics.sizes = artifact_sizes(ctx)
-    detail = {"formats": formats, "streamed": True,
-              "shards": len(list((ctx.staging / CHECKPOINT_DIR).glob("*.safetensors")))}
-    if skipped:
-        detail["skipped"] = {name: WHOLE_MODEL for name in skipped}
-    return StageRecord("export", detail=detail)
+    return StageRecord("export", status="ok" if valid else "failed", detail=detail)
 
 
 def run_benchmark(ctx: RunContext) -> StageRecord:

@@ -73,6 +73,7 @@ class OnnxFileCheck:
     file: str  # relative to the output folder
     pattern: str  # the pattern checked along K
     verification: OnnxVerification
+    exporter: str | None = None  # "genai" (onnxruntime-genai builder) or "torch" (torch.onnx)
 
     def to_dict(self) -> dict[str, Any]:
         """file, valid, the failing layers, the layer count and the weight layouts found."""
@@ -80,7 +81,9 @@ class OnnxFileCheck:
         layouts = {check.layout or "missing" for check in verification.layers.values()}
         return {"file": self.file, "valid": verification.valid,
                 "failures": verification.failures, "layers": len(verification.layers),
-                "layouts": sorted(layouts)}
+                "layouts": sorted(layouts), "exporter": self.exporter,
+                "packed_layers": sum(1 for check in verification.layers.values()
+                                     if any(p.start is not None for p in check.pieces))}
 
 
 @dataclass(frozen=True, slots=True)

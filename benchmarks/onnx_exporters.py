@@ -1,0 +1,140 @@
+"""SmolLM2-135M Wanda 2:4 exported by both ONNX exporters in one run: export time, peak RSS
+(process high-water mark reset before each export; anonymous and file-backed parts), weights
+verified 2:4 along K in the file, parity (logits, greedy through the KV cache, and through
+onnxruntime-genai for its folder), and onnxruntime CPU latency of both graphs on the same shapes
+(the benchmark stage's timing: fixed threads, warm-up, p50 / p95).
+
+    python benchmarks/onnx_exporters.py [--threads 2] [--iterations 10]
+
+Results: benchmarks/results/onnx-exporters.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from onnx_export import _peak_rss, _peak_rss_reset  # benchmarks/ is on sys.path
+
+from wanda_export.bench.onnx_latency import open_session, time_session
+from wanda_export.bench.shapes import parse_shape
+from wanda_export.data.sources import TextSource, load_documents
+from wanda_export.data.windows import calibration_windows
+from wanda_export.evaluate.parity import measure_parity
+from wanda_export.export.onnx import export_onnx
+from wanda_export.export.onnx_genai import export_genai
+from wanda_export.export.onnx_verify import verify_onnx
+from wanda_export.export.safetensors import export_checkpoint
+from wanda_export.model.layers import find_targets
+from wanda_export.model.loading import load_model
+from wanda_export.prune import PruneSpec, prune_model
+from wanda_export.sparsity.pattern import Pattern
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _rss_anon() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("RssAnon")
+
+
+SHAPES = ("prefill:1x128", "prefill:8x512", "decode:1x1@128")
+
+
+def _latency(path: Path, args) -> dict:
+    """p50 / p95 ms per shape on onnxruntime's CPU provider."""
+    session = open_session(path, threads=args.threads)
+    result = {}
+    for shape in SHAPES:
+        stats = time_session(session, parse_shape(shape), threads=args.threads, warmup=2,
+                             iterations=args.iterations).stats
+        result[shape] = {"p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms}
+    return result
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(name, export, model, tokenizer, args, genai_folder=None) -> dict:
+    baseline = _rss_anon()
+    _peak_rss_reset()
+    cpu = _cpu_seconds()
+    exported = export()
+    cpu = _cpu_seconds() - cpu
+    peak = _peak_rss()
+    targets = find_targets(model)
+    verification = verify_onnx(exported.path, targets, Pattern(2, 4))
+    parity = measure_parity(model, tokenizer, exported.path, exported.layout, new_tokens=32,
+                            genai_folder=genai_folder)
+    return {"exporter": name, "export_seconds": exported.seconds, "export_cpu_seconds": cpu,
+            "latency_cpu": _latency(exported.path, args),
+            "peak_rss_bytes": peak, "rss_anon_before_bytes": baseline,
+            "verified_layers": sum(c.valid for c in verification.layers.values()),
+            "pruned_layers": len(targets), "parity": parity.to_dict()}
+
+
+_ALONE = """
+import json, sys, time
+from pathlib import Path
+from wanda_export.export.onnx_genai import export_genai
+exported = export_genai(Path(sys.argv[1]), Path(sys.argv[2]))
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+print(json.dumps({"seconds": exported.seconds,
+                  **{key: int(status[key].split()[0]) * 1024
+                     for key in ("VmHWM", "RssAnon", "RssFile")}}))
+"""
+
+
+def genai_alone(checkpoint: Path, out: Path) -> dict:
+    """The genai export in a fresh process (nothing else loaded): its wall time inside the
+    builder, peak RSS (VmHWM) and, at the end, anonymous vs file-backed (mapped) RSS."""
+    run = subprocess.run([sys.executable, "-c", _ALONE, str(checkpoint), str(out)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model(None, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    windows = calibration_windows(tokenizer, load_documents(TextSource("builtin"),
+                                  "calibration"), 32, 512, 0)
+    prune_model(model, PruneSpec(pattern="2:4", mode="dense"), windows)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        export_checkpoint(model, tokenizer, work / "model", {})
+        alone = genai_alone(work / "model", work / "genai-alone")
+        genai = measure("genai", lambda: export_genai(work / "model", work / "genai"), model,
+                        tokenizer, args, genai_folder=work / "genai")
+        torch_path = measure("torch", lambda: export_onnx(model, work / "torch" / "model.onnx"),
+                             model, tokenizer, args)
+    result = {"weights_bytes": weights, "genai_alone": alone, "genai": genai,
+              "torch": torch_path,
+              "genai_alone_peak_rss_over_weights": alone["VmHWM"] / weights,
+              "time_ratio_genai_over_torch": genai["export_seconds"]
+              / torch_path["export_seconds"],
+              "genai_peak_rss_over_weights": genai["peak_rss_bytes"] / weights,
+              "note": "one process: the genai peak includes the loaded, pruned model held for "
+                      "parity (the pipeline holds it too); see BENCHMARKS.md"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "onnx-exporters.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
