@@ -233,11 +233,34 @@ def test_dsnot_growth_prefers_steady_inputs():
 def test_dsnot_n_m_swaps_stay_in_the_group():
     # 2:4 prunes inputs 2, 3 and 6, 7: eps = 0.6 + 0.5 + 0.9 + 0.8 = 2.8. Grow input 6 (0.9),
     # prune its group's least important kept input 5 (0.1): eps = 2.0. Growing input 7 would
-    # prune input 4 (+1): eps = 2.2, no better, so the row stops.
+    # prune input 4 (+1): eps = 2.2, no better: skipped. Grow input 2 (0.6), prune input 1
+    # (-1): eps = 0.4. Growing input 3 would prune input 0 (+2): 1.9, skipped; then the pruned
+    # inputs with a positive contribution are used up.
     weight = torch.tensor([[2.0, -1.0, 0.6, 0.5, 1.0, 0.1, 0.9, 0.8]])
     scores = torch.tensor([[4.0, 3, 2, 1, 4, 3, 2, 1]])
     refined = dsnot_refine(weight, nm_mask(scores, 2, 4), scores, ONES, ONES,
                            pattern=Pattern(2, 4), iterations=50, threshold=0.1,
                            variance_power=1.0)
-    assert refined.tolist() == [[False, False, True, True, False, True, False, True]]
+    assert refined.tolist() == [[False, True, False, True, False, True, False, True]]
     assert nm_violations(refined.logical_not().float(), 2, 4) == 0
+
+
+@pytest.mark.parametrize("pattern", [Pattern(None, None), Pattern(2, 4)])
+def test_dsnot_never_grows_a_rows_expected_error_and_keeps_its_counts(pattern):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, generator=generator)
+    mean = torch.randn(256, generator=generator) * 0.5
+    variance = torch.rand(256, generator=generator) + 0.1
+    scores = wanda_scores(weight, (variance + mean.square()) * 100)
+    mask = build_mask(scores, 0.5, pattern, "row")
+    refined = dsnot_refine(weight, mask, scores, mean, variance, pattern=pattern, iterations=50,
+                           threshold=0.0, variance_power=1.0)
+
+    def error(m):
+        return ((weight * mean) * m).sum(dim=1).abs()
+
+    assert torch.all(error(refined) <= error(mask) + 1e-5)
+    assert (error(refined) < error(mask) * 0.5).float().mean() > 0.5
+    assert torch.equal(refined.sum(dim=1), mask.sum(dim=1))
+    if pattern.structured:
+        assert nm_violations(refined.logical_not().float(), 2, 4) == 0

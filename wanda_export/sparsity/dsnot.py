@@ -7,10 +7,12 @@ W_ij * E[x_j] (dense output minus pruned output, in expectation). Each cycle, ev
 largest W_ij E[x_j] / Var(x_j)^p of the error's sign: large effect, steady input) and prunes a
 kept weight in exchange: unstructured, the least important kept weight whose removal moves eps
 towards zero; N:M, the least important kept weight of the grown weight's own group, so every
-group keeps exactly N (and the swap is refused if it would flip the error's sign, as in the
-reference). A row stops at the first swap that would not shrink |eps| (the reference code makes
-such swaps; on a row of thousands of weights they are rare, on a short row they undo the gain).
-The row's sparsity never changes. Pure tensor code: weights, mask, scores and statistics in,
+group keeps exactly N (and the swap is skipped if it would flip the error's sign, as in the
+reference). Two deviations from the reference code: a swap that would not shrink |eps| is
+skipped (the reference makes it; on a row of thousands of weights such swaps are rare, on a
+short row they undo the gain), and a skipped swap does not end the row (the reference stops
+the row for good); a row ends when |eps| <= threshold, its candidates run out, or after
+`iterations` cycles. The row's sparsity never changes. Pure tensor code: weights, mask, scores and statistics in,
 mask out.
 """
 
@@ -102,22 +104,25 @@ def dsnot_refine(
         positive = error > 0
         grow = _take(growth_order, grow_low, grow_high, positive)
         grown = contribution[index, grow]
+        # the ranked lists are exhausted on this side once their candidate is of the wrong kind
         active &= original[index, grow] & refined[index, grow] & (grown.sign() == error.sign())
         if pattern.structured:
             prune = _group_weakest(prune_scores, grow, pattern.m)
-            active &= torch.isfinite(prune_scores[index, prune])
             pruned = contribution[index, prune]
-            active &= (error + pruned - grown).sign() == initial_sign
+            after = error + pruned - grown
+            swap = torch.isfinite(prune_scores[index, prune]) & (after.sign() == initial_sign)
         else:
             prune = _take(pruning_order, prune_low, prune_high, ~positive)
             pruned = contribution[index, prune]
-            still_kept = ~original[index, prune] & ~refined[index, prune]
-            active &= still_kept & (pruned.sign() == -error.sign())
-        active &= (error + pruned - grown).abs() < error.abs()
-        rows_now = index[active]
-        refined[rows_now, grow[active]] = False
-        refined[rows_now, prune[active]] = True
+            after = error + pruned - grown
+            active &= ~original[index, prune] & ~refined[index, prune] & (
+                pruned.sign() == -error.sign())
+            swap = torch.ones_like(active)
+        swap &= active & (after.abs() < error.abs())
+        rows_now = index[swap]
+        refined[rows_now, grow[swap]] = False
+        refined[rows_now, prune[swap]] = True
         if pattern.structured:
-            prune_scores[rows_now, prune[active]] = torch.inf
-        error += torch.where(active, pruned - grown, 0.0)
+            prune_scores[rows_now, prune[swap]] = torch.inf
+        error = torch.where(swap, after, error)
     return refined
