@@ -1,8 +1,9 @@
 """RIA, N:M channel permutation and DSnoT against Wanda and SparseGPT on the real SmolLM2-135M
 model and the offline corpus (issue 15).
 
-    python benchmarks/methods.py validate   # choose the settings on a validation split of the
-                                            # calibration corpus (never the evaluation text)
+    python benchmarks/methods.py validate --part ria     # choose the settings on a validation
+    python benchmarks/methods.py validate --part dsnot   # split of the calibration corpus
+                                                         # (never the evaluation text)
     python benchmarks/methods.py table      # the table: every row pruned from the same dense
                                             # statistics of the same calibration windows,
                                             # evaluated on the same evaluation windows
@@ -13,7 +14,7 @@ drawn from) cut into non-overlapping windows, keeping only those that share no t
 with any calibration window. Both commands prune from one dense calibration pass (statistics
 with X^T X and the channel sums, kept in the wanda-export cache under their real calibration
 key, so it runs once); `validate` measures perplexity on the validation windows, `table` on the
-evaluation windows with the settings `validate` chose (benchmarks/results/methods-validate.json).
+evaluation windows with the settings `validate` chose (benchmarks/results/methods-validate-*.json).
 Threads fixed (--threads, default 2).
 """
 
@@ -45,7 +46,7 @@ from wanda_export.model.layers import find_targets
 from wanda_export.paths import cache_root
 from wanda_export.prune import PruneSpec, prune_model
 
-VALIDATION_WINDOWS = 16
+VALIDATION_WINDOWS = 8
 # (name, pattern, spec settings) of each validation case; method settings are the issue's.
 PATTERNS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}, "70%": {"sparsity": 0.7}}
 DSNOT_VARIANTS = {
@@ -118,21 +119,22 @@ def run_validate(args) -> dict:
         print(json.dumps(row), flush=True)
         return row
 
-    for pattern in ("2:4", "50%"):
-        case("wanda", pattern)
+    if args.part == "ria":
         for exponent in (0.5, 1.0):
-            for group in (("layer", "row") if pattern == "50%" else ("layer",)):
-                case("ria", pattern, method="ria", exponent=exponent, group=group)
-    for pattern in ("2:4", "70%"):
+            case("ria", "2:4", method="ria", exponent=exponent)
+        for group in ("layer", "row"):
+            case("ria", "50%", method="ria", group=group)
+    else:
+        case("wanda", "2:4")
         for label, variant in DSNOT_VARIANTS.items():
-            case(f"wanda+dsnot ({label})", pattern, refine="dsnot", **variant)
+            case(f"wanda+dsnot ({label})", "2:4", refine="dsnot", **variant)
     return {"validation_windows": int(windows.shape[0]), "rows": rows,
             "chosen": choose(rows)}
 
 
 def choose(rows: list[dict]) -> dict:
     """Per pattern, the RIA settings and the DSnoT variant with the lowest validation
-    perplexity (DSnoT's variant chosen at 2:4 serves 50% too, and RIA's as well)."""
+    perplexity (the DSnoT variant chosen at 2:4 serves 50% and 70% too)."""
     chosen: dict = {}
     for pattern in PATTERNS:
         ria = [r for r in rows if r["pattern"] == pattern and r["case"] == "ria"]
@@ -142,7 +144,8 @@ def choose(rows: list[dict]) -> dict:
         if dsnot:
             best = min(dsnot, key=lambda r: r["perplexity"])["settings"]
             chosen[f"dsnot {pattern}"] = {k: v for k, v in best.items() if k.startswith("refine")}
-    chosen.setdefault("dsnot 50%", chosen.get("dsnot 2:4", {}))
+    for pattern in ("50%", "70%"):
+        chosen.setdefault(f"dsnot {pattern}", chosen.get("dsnot 2:4", {}))
     return chosen
 
 
@@ -185,7 +188,11 @@ def table_spec(pattern: str, row: dict, chosen: dict, mode: str) -> PruneSpec:
 
 
 def run_table(args) -> dict:
-    chosen = json.loads((RESULTS / "methods-validate.json").read_text())["chosen"]
+    chosen: dict = {}
+    for part in ("ria", "dsnot"):
+        validated = RESULTS / f"methods-validate-{part}.json"
+        if validated.exists():
+            chosen |= json.loads(validated.read_text())["chosen"]
     base, calib, evaluation = load(args)
     stats = dense_statistics(base, calib) if args.mode == "dense" else None
     out_path = RESULTS / f"methods-table-{args.mode}.json"
@@ -193,7 +200,7 @@ def run_table(args) -> dict:
     rows = [r for r in done if r["case"] != "dense"]
     dense = perplexity(base, evaluation, batch_size=4)
     for label, pattern, extra in TABLE:
-        if args.only and pattern not in args.only:
+        if (args.only and pattern not in args.only) or (args.rows and label not in args.rows):
             continue
         if any(r["case"] == label and r["pattern"] == pattern for r in rows):
             continue
@@ -215,6 +222,9 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--only", nargs="*", help="table: only these patterns (50%% 2:4 70%%)")
+    parser.add_argument("--rows", nargs="*", help="table: only the rows of these labels")
+    parser.add_argument("--part", choices=["ria", "dsnot"], default="dsnot",
+                        help="validate: RIA's settings or DSnoT's variant")
     parser.add_argument("--resume", action="store_true", help="table: keep the rows measured")
     parser.add_argument("--mode", choices=["dense", "sequential"], default="dense",
                         help="table: calibration mode of every row (dense: one shared pass)")
@@ -224,7 +234,7 @@ def main() -> None:
     result["environment"] = environment(args)
     result["command"] = "python benchmarks/methods.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    name = args.command if args.command == "validate" else f"table-{args.mode}"
+    name = f"validate-{args.part}" if args.command == "validate" else f"table-{args.mode}"
     (RESULTS / f"methods-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -118,12 +118,13 @@ def test_ria_2_4_with_permutation_and_dsnot_stays_2_4_and_keeps_its_function(smo
 
     base, calib, evaluation = smollm2
     model = copy.deepcopy(base)
-    spec = PruneSpec(method="ria", pattern="2:4", mode="dense", permute=True, refine="dsnot")
+    spec = PruneSpec(method="ria", pattern="2:4", mode="dense", permute=True, refine="dsnot",
+                     include=["model.layers.1[05].*"])  # two layers keep the test short
     result = prune_model(model, spec, calib)
-    assert result.report.valid
+    assert result.report.valid and len(result.report.layers) == 14
     assert all(layer.violating_groups == 0 for layer in result.report.layers.values())
-    # every down_proj (gate/up rows) and o_proj (v_proj rows per kv head) was permuted
-    assert len(result.permuted) == 60
+    # both down_proj (gate/up rows) and o_proj (v_proj rows per kv head) were permuted
+    assert len(result.permuted) == 4
     assert sum(p.after for p in result.permuted.values()) > sum(
         p.before for p in result.permuted.values())
     with torch.no_grad():
