@@ -216,6 +216,30 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
     assert "--sparsity=enable" in recipe["trtexec"] and len(recipe["eligible_layers"]) == 14
 
 
+def test_ria_with_permutation_and_dsnot_exports_verified_2_4_with_parity(write_pipeline,
+                                                                         workdir):
+    path = write_pipeline(
+        pattern="2:4",
+        stages={"score": {"method": "ria", "exponent": 1.0},
+                "mask": {"permute": True, "refine": "dsnot", "refine_exclude": []},
+                "export": {"formats": ["safetensors", "onnx"], "parity_tokens": 8}},
+        gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
+    out = workdir / "out"
+    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["onnx.sparsity"]["passed"] and gates["parity.generation"]["passed"]
+    assert report["sparsity"]["valid"] and report["sparsity"]["permutation"]["linears"] == 4
+    stages = {s["name"]: s["detail"] for s in report["stages"]}
+    assert stages["score"] == {"method": "ria", "group": "layer", "exponent": 1.0}
+    assert stages["mask"]["permute"] is True and stages["mask"]["refine"]["method"] == "dsnot"
+    plan = json.loads((out / "model" / "pruning.json").read_text())
+    assert (plan["method"], plan["score_settings"], plan["permute"]) == (
+        "ria", {"exponent": 1.0}, True)
+    assert plan["refine"]["refine_exclude"] == []
+
+
 def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):
     path = write_pipeline(pattern="2:4",
                           stages={"export": {"formats": ["onnx"], "parity_tokens": 4}},

@@ -110,3 +110,27 @@ def test_alphapruning_alphas_of_the_real_weights(smollm2):
     mean = sum(allocation.ratios[n] * sizes[n] for n in sizes) / sum(sizes.values())
     assert mean == pytest.approx(0.7, abs=1e-9)
     assert 0.4 - 1e-9 <= min(allocation.ratios.values()) < max(allocation.ratios.values()) <= 0.99
+
+
+def test_ria_2_4_with_permutation_and_dsnot_stays_2_4_and_keeps_its_function(smollm2):
+    from wanda_export.model.layers import find_targets
+    from wanda_export.permutation import apply_fold, find_fold
+
+    base, calib, evaluation = smollm2
+    model = copy.deepcopy(base)
+    spec = PruneSpec(method="ria", pattern="2:4", mode="dense", permute=True, refine="dsnot",
+                     include=["model.layers.1[05].*"])  # two layers keep the test short
+    result = prune_model(model, spec, calib)
+    assert result.report.valid and len(result.report.layers) == 14
+    assert all(layer.violating_groups == 0 for layer in result.report.layers.values())
+    # both down_proj (gate/up rows) and o_proj (v_proj rows per kv head) were permuted
+    assert len(result.permuted) == 4
+    assert sum(p.after for p in result.permuted.values()) > sum(
+        p.before for p in result.permuted.values())
+    with torch.no_grad():
+        pruned = model(evaluation[:1, :32]).logits
+        targets = {t.name: t for t in find_targets(model)}
+        for name, permuted in result.permuted.items():
+            fold = find_fold(model, targets[name], spec.parsed_pattern)
+            apply_fold(fold, torch.argsort(permuted.columns), torch.argsort(permuted.rows), None)
+        assert torch.allclose(model(evaluation[:1, :32]).logits, pruned, atol=1e-4)

@@ -154,6 +154,7 @@ def test_every_included_field_changes_the_key() -> None:
         "collector_version": COLLECTOR_VERSION + 1,
         "plan_digest": plan_digest("wanda", 0.6, "unstructured", "row"),
         "hessian": True,
+        "means": True,
     }
     assert set(changed) == {field.name for field in dataclasses.fields(CalibrationKey)}
     digests = {BASE_KEY.digest()}

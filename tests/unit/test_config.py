@@ -197,7 +197,9 @@ def test_stage_entries_dump_as_one_key_mappings_and_round_trip(project: Path) ->
     assert dump["stages"][2] == {
         "mask": {"sparsity": 0.5, "pattern": "2:4", "include": [], "exclude": [],
                  "allocation": "uniform", "epsilon": 0.3, "alpha_xmin": "ks", "owl_m": 5.0,
-                 "owl_lambda": 0.08, "granularity": "block"}
+                 "owl_lambda": 0.08, "granularity": "block", "permute": False, "refine": None,
+                 "refine_iterations": 50, "refine_threshold": 0.1, "refine_variance_power": 1.0,
+                 "refine_exclude": ["*.mlp.*"]}
     }
     again = PipelineConfig.model_validate(dump, context={"base_dir": project})
     assert again.model_dump() == config.model_dump()
@@ -736,3 +738,57 @@ def test_prune_spec_takes_every_setting_from_the_stage_models():
         owner = next(m for m in (CalibrateStage, ScoreStage, MaskStage, CalibrationBatch)
                      if name in m.model_fields)
         assert field.default == owner.model_fields[name].default
+
+
+def test_ria_permute_and_dsnot_settings_reach_the_prune_spec(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """\
+        version: 1
+        stages:
+          - calibrate: {}
+          - score: {method: ria, exponent: 0.25}
+          - mask: {pattern: "2:4", permute: true, refine: dsnot, refine_iterations: 20,
+                   refine_threshold: 0.0, refine_variance_power: 0.5, refine_exclude: []}
+        """))
+    spec = config.prune_spec()
+    assert (spec.method, spec.exponent, spec.comparison_group) == ("ria", 0.25, "layer")
+    assert spec.score_settings == {"exponent": 0.25}
+    assert (spec.permute, spec.refine, spec.refine_iterations) == (True, "dsnot", 20)
+    assert (spec.refine_threshold, spec.refine_variance_power, spec.refine_exclude) == (
+        0.0, 0.5, [])
+    assert spec.needs_means and spec.prunes_from_statistics
+
+
+@pytest.mark.parametrize(("stages", "message"), [
+    ("- score: {method: wanda, exponent: 1.0}", "only method 'ria' takes 'exponent'"),
+    ("- score: {method: wanda}\n  - mask: {permute: true}",
+     "permute reorders input channels so the N:M groups keep more; pattern unstructured"),
+    ("- score: {method: wanda}\n  - mask: {refine_iterations: 5}",
+     "only 'refine: dsnot' takes 'refine_iterations'"),
+    ("- score: {method: wanda}\n  - mask: {refine_exclude: []}",
+     "only 'refine: dsnot' takes 'refine_exclude'"),
+    ("- score: {method: sparsegpt}\n  - mask: {refine: dsnot}",
+     "method 'sparsegpt' updates the weights it keeps"),
+    ("- score: {method: wanda}\n  - mask: {refine: dsnot, refine_threshold: -1}",
+     "refine_threshold"),
+])
+def test_new_settings_are_refused_where_they_do_not_apply(tmp_path: Path, stages: str,
+                                                           message: str) -> None:
+    text = f"version: 1\nstages:\n  - calibrate: {{}}\n  {stages}\n"
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, base_dir=tmp_path)
+
+
+def test_dsnot_after_magnitude_needs_a_calibrate_stage(tmp_path: Path) -> None:
+    text = "version: 1\nstages:\n  - score: {method: magnitude}\n  - mask: {refine: dsnot}\n"
+    with pytest.raises(ConfigError, match="refine 'dsnot' needs activation statistics"):
+        parse_config(text, base_dir=tmp_path)
+
+
+def test_prune_spec_refuses_dsnot_after_sparsegpt():
+    from pydantic import ValidationError
+
+    from wanda_export.prune import PruneSpec
+
+    with pytest.raises(ValidationError, match="updates the weights it keeps"):
+        PruneSpec(method="sparsegpt", refine="dsnot")
+    assert PruneSpec(method="sparsegpt", pattern="2:4", permute=True).permute

@@ -52,7 +52,8 @@ def steps(run_plan: RunPlan) -> list[str]:
 @pytest.mark.parametrize(("method", "mode", "expected"), [
     ("wanda", "dense", "dense"), ("wanda", "sequential", "sequential"),
     ("sparsegpt", "dense", "dense"), ("sparsegpt", "sequential", "sequential"),
-    ("magnitude", "dense", None), ("magnitude", "sequential", None)])
+    ("magnitude", "dense", None), ("magnitude", "sequential", None),
+    ("ria", "dense", "dense"), ("ria", "sequential", "sequential")])
 def test_how_each_method_calibrates(pipeline_config, method, mode, expected):
     config = pipeline_config(mode=mode, stages={"score": {"method": method}})
     run_plan = plan(config, calibration_windows=calibration if expected else never)
@@ -66,6 +67,30 @@ def test_how_each_method_calibrates(pipeline_config, method, mode, expected):
         assert (use.kind, use.key, use.record) == (CALIBRATION, key.digest(), key.record())
         assert use.record["mode"] == expected
         assert use.record.get("hessian", False) == (method == "sparsegpt")
+
+
+def test_dsnot_calibrates_even_after_magnitude_and_its_statistics_carry_means(pipeline_config):
+    config = pipeline_config(mode="dense", stages={"score": {"method": "magnitude"},
+                                                   "mask": {"refine": "dsnot"}})
+    run_plan = plan(config)
+    assert run_plan.calibration == "dense"
+    assert run_plan.use(CALIBRATE).record["means"] is True
+    plain = plan(pipeline_config("plain.yaml", mode="dense"))
+    assert "means" not in plain.use(CALIBRATE).record
+
+
+@pytest.mark.parametrize(("pattern", "stages"), [
+    ("unstructured", {"score": {"method": "ria"}}),
+    ("unstructured", {"score": {"method": "ria", "exponent": 1.0}}),
+    ("2:4", {"mask": {"permute": True}}), ("unstructured", {"mask": {"refine": "dsnot"}}),
+    ("unstructured", {"mask": {"refine": "dsnot", "refine_threshold": 0.0}})])
+def test_each_new_setting_keys_sequential_statistics_of_its_own(pipeline_config, pattern,
+                                                                stages):
+    def key(name: str, **settings) -> str:
+        config = pipeline_config(name, mode="sequential", pattern=pattern, **settings)
+        return plan(config).use(CALIBRATE).key
+
+    assert key("other.yaml", stages=stages) != key("base.yaml")
 
 
 def test_the_dense_baseline_is_keyed_on_the_evaluation_windows(pipeline_config):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from wanda_export.sparsity.dsnot import dsnot_refine
 from wanda_export.sparsity.mask import (
     apply_mask_,
     build_mask,
@@ -15,7 +16,7 @@ from wanda_export.sparsity.mask import (
     unstructured_mask,
 )
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
-from wanda_export.sparsity.score import compute_scores, magnitude_scores, wanda_scores
+from wanda_export.sparsity.score import compute_scores, magnitude_scores, ria_scores, wanda_scores
 from wanda_export.sparsity.verify import nm_violations, verify_layer
 
 # The example of the Wanda paper's slides: a 3x4 weight and the input-feature norms ||X_j||.
@@ -168,3 +169,98 @@ def test_non_whole_ratios_round_up_so_every_group_reaches_the_target():
     assert pruned_count(64, 0.5) == 32 and pruned_count(3, 0.99) == 3
     mask = unstructured_mask(torch.rand(4, 576), 0.6, "row")
     assert (mask.sum(dim=1) == 346).all()
+
+
+def test_ria_scores_on_the_slide_example():
+    # |W| row sums 6, 9, 6; column sums 10, 3, 2, 6; ||X||^0.5 = sqrt([1, 2, 8, 3]).
+    relative = torch.tensor([[4 / 6 + 4 / 10, 0, 1 / 6 + 1 / 2, 1 / 6 + 1 / 6],
+                             [3 / 9 + 3 / 10, 2 / 9 + 2 / 3, 1 / 9 + 1 / 2, 3 / 9 + 3 / 6],
+                             [3 / 6 + 3 / 10, 1 / 6 + 1 / 3, 0, 2 / 6 + 2 / 6]])
+    expected = relative * SLIDE_NORMS.sqrt()
+    scores = ria_scores(SLIDE_W, SLIDE_NORMS.square(), exponent=0.5)
+    assert torch.allclose(scores, expected)
+    assert torch.allclose(compute_scores("ria", SLIDE_W, SLIDE_NORMS.square(), exponent=0.5),
+                          expected)
+    # exponent 0: relative importance alone; an all-zero column scores 0, not NaN
+    with_zero = SLIDE_W.clone()
+    with_zero[:, 1] = 0
+    plain = ria_scores(with_zero, SLIDE_NORMS.square(), exponent=0.0)
+    assert torch.isfinite(plain).all() and (plain[:, 1] == 0).all()
+
+
+def test_ria_per_layer_50_percent_on_the_slide_example():
+    # Sorted scores: 0 (0,1), 0 (2,2), 0.577 (0,3), 0.633 (1,0), 0.707 (2,1), 0.8 (2,0): pruned.
+    # Unlike Wanda per row (which empties row 1's first two inputs), row 1 keeps three weights.
+    weight = SLIDE_W.clone()
+    scores = ria_scores(weight, SLIDE_NORMS.square(), exponent=0.5)
+    apply_mask_(weight, unstructured_mask(scores, 0.5, "layer"))
+    assert torch.equal(weight, torch.tensor([[4.0, 0, 1, 0], [0, -2, -1, -3], [0, 0, 0, 2]]))
+
+
+ONES = torch.ones(8)
+
+
+def test_dsnot_unstructured_swaps_to_cancel_the_expected_error():
+    # Pruned inputs 2, 3 leave eps = 0.6 + 0.5 = 1.1 (E[x] = 1). Grow the largest positive
+    # contribution (input 2, 0.6), prune the least important kept negative one (input 1, -1):
+    # eps = 1.1 - 1 - 0.6 = -0.5. No pruned input has a negative contribution to grow next,
+    # so the row stops.
+    weight = torch.tensor([[2.0, -1.0, 0.6, 0.5]])
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    mask = unstructured_mask(scores, 0.5, "row")
+    refined = dsnot_refine(weight, mask, scores, ONES[:4], ONES[:4], pattern=Pattern(None, None),
+                           iterations=50, threshold=0.1, variance_power=1.0)
+    assert refined.tolist() == [[False, True, False, True]]
+    assert refined.sum() == mask.sum()
+    # an error already under the threshold: nothing moves
+    unchanged = dsnot_refine(weight, mask, scores, ONES[:4], ONES[:4], pattern=Pattern(None, None),
+                             iterations=50, threshold=2.0, variance_power=1.0)
+    assert torch.equal(unchanged, mask)
+
+
+def test_dsnot_growth_prefers_steady_inputs():
+    # Same row, but input 2 varies 100x more than input 3: input 3 is grown instead
+    # (0.5 / 1 > 0.6 / 100) and the kept negative input 1 pruned: eps = 1.1 - 1 - 0.5 = -0.4.
+    weight = torch.tensor([[2.0, -1.0, 0.6, 0.5]])
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    variance = torch.tensor([1.0, 1.0, 100.0, 1.0])
+    refined = dsnot_refine(weight, unstructured_mask(scores, 0.5, "row"), scores, ONES[:4],
+                           variance, pattern=Pattern(None, None), iterations=50, threshold=0.1,
+                           variance_power=1.0)
+    assert refined.tolist() == [[False, True, True, False]]
+
+
+def test_dsnot_n_m_swaps_stay_in_the_group():
+    # 2:4 prunes inputs 2, 3 and 6, 7: eps = 0.6 + 0.5 + 0.9 + 0.8 = 2.8. Grow input 6 (0.9),
+    # prune its group's least important kept input 5 (0.1): eps = 2.0. Growing input 7 would
+    # prune input 4 (+1): eps = 2.2, no better: skipped. Grow input 2 (0.6), prune input 1
+    # (-1): eps = 0.4. Growing input 3 would prune input 0 (+2): 1.9, skipped; then the pruned
+    # inputs with a positive contribution are used up.
+    weight = torch.tensor([[2.0, -1.0, 0.6, 0.5, 1.0, 0.1, 0.9, 0.8]])
+    scores = torch.tensor([[4.0, 3, 2, 1, 4, 3, 2, 1]])
+    refined = dsnot_refine(weight, nm_mask(scores, 2, 4), scores, ONES, ONES,
+                           pattern=Pattern(2, 4), iterations=50, threshold=0.1,
+                           variance_power=1.0)
+    assert refined.tolist() == [[False, True, False, True, False, True, False, True]]
+    assert nm_violations(refined.logical_not().float(), 2, 4) == 0
+
+
+@pytest.mark.parametrize("pattern", [Pattern(None, None), Pattern(2, 4)])
+def test_dsnot_never_grows_a_rows_expected_error_and_keeps_its_counts(pattern):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, generator=generator)
+    mean = torch.randn(256, generator=generator) * 0.5
+    variance = torch.rand(256, generator=generator) + 0.1
+    scores = wanda_scores(weight, (variance + mean.square()) * 100)
+    mask = build_mask(scores, 0.5, pattern, "row")
+    refined = dsnot_refine(weight, mask, scores, mean, variance, pattern=pattern, iterations=50,
+                           threshold=0.0, variance_power=1.0)
+
+    def error(m):
+        return ((weight * mean) * m).sum(dim=1).abs()
+
+    assert torch.all(error(refined) <= error(mask) + 1e-5)
+    assert (error(refined) < error(mask) * 0.5).float().mean() > 0.5
+    assert torch.equal(refined.sum(dim=1), mask.sum(dim=1))
+    if pattern.structured:
+        assert nm_violations(refined.logical_not().float(), 2, 4) == 0

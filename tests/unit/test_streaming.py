@@ -109,6 +109,11 @@ SPECS = {
     "owl": PruneSpec(method="wanda", sparsity=0.6, allocation="owl", owl_m=2.0),
     "owl-sparsegpt-dense": PruneSpec(method="sparsegpt", mode="dense", sparsity=0.6,
                                      allocation="owl", owl_m=2.0),
+    "ria-owl": PruneSpec(method="ria", sparsity=0.6, allocation="owl", owl_m=2.0),
+    "ria-2:4-permute-dsnot": PruneSpec(method="ria", pattern="2:4", permute=True,
+                                       refine="dsnot", refine_exclude=[], refine_threshold=0.0),
+    "magnitude-dsnot-dense": PruneSpec(method="magnitude", mode="dense", refine="dsnot"),
+    "sparsegpt-2:4-permute": PruneSpec(method="sparsegpt", pattern="2:4", permute=True),
 }
 
 

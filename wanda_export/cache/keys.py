@@ -16,7 +16,8 @@ What the calibration key DELIBERATELY LEAVES OUT, and why:
 - the model path string: the weight fingerprint identifies the weights, so a moved or renamed
   checkpoint directory still hits.
 
-Fields added after the first release (``hessian``, the plan ``settings``) enter a record only
+Fields added after the first release (``hessian``, ``means``, the plan ``settings``) enter a
+record only
 when they differ from the behaviour before them, so entries written earlier keep their keys.
 """
 
@@ -85,6 +86,7 @@ class CalibrationKey:
     collector_version: int = COLLECTOR_VERSION
     plan_digest: str | None = None
     hessian: bool = False  # X^T X per target too (SparseGPT)
+    means: bool = False  # the per-channel sums must be present (DSnoT); older entries lack them
 
     def __post_init__(self) -> None:
         """Store ``targets`` as a tuple whatever sequence was passed (``mode`` comes validated
@@ -108,6 +110,8 @@ class CalibrationKey:
         }
         if self.hessian:
             record["hessian"] = True
+        if self.means:
+            record["means"] = True
         return record
 
     def digest(self) -> str:

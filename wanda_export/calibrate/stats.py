@@ -1,7 +1,8 @@
 """Per-input-channel activation statistics and the hooks that accumulate them.
 
-For each targeted linear we keep sum over tokens of x_j^2 (float32) and the token count: enough
-for Wanda's ||X_j||_2 and reusable for any sparsity or pattern. SparseGPT also needs the full
+For each targeted linear we keep sum over tokens of x_j^2 and of x_j (float32) and the token
+count: enough for Wanda's and RIA's ||X_j||_2, DSnoT's mean and variance, and reusable for any
+sparsity or pattern. SparseGPT also needs the full
 second moment X^T X ([in, in], float32), collected only when asked for: it is in_features times
 larger.
 """
@@ -24,18 +25,23 @@ STATS_DTYPE = torch.float32
 
 @dataclass
 class ChannelStats:
-    """Sum of squares per input channel, shape [in], how many tokens went into it, and
-    optionally the sum of outer products X^T X, shape [in, in] (whose diagonal is `sumsq`)."""
+    """Sum of squares per input channel, shape [in], how many tokens went into it, optionally
+    the sum of outer products X^T X, shape [in, in] (whose diagonal is `sumsq`), and the plain
+    sum per channel, shape [in] (None in entries cached before it was collected)."""
 
     sumsq: torch.Tensor
     tokens: int = 0
     xtx: torch.Tensor | None = None
+    total: torch.Tensor | None = None
 
     def add(self, inputs: torch.Tensor, products: SharedProducts | None = None) -> None:
         """Accumulate a batch of layer inputs of shape (..., in); `products` shares X^T X
         between layers fed the very same input tensor."""
         flat = inputs.detach().reshape(-1, inputs.shape[-1]).to(STATS_DTYPE)
         self.sumsq += flat.square().sum(dim=0)
+        if self.total is None:
+            self.total = torch.zeros_like(self.sumsq)
+        self.total += flat.sum(dim=0)
         if self.xtx is not None:
             self.xtx += (products or SharedProducts()).product(inputs, flat)
         self.tokens += flat.shape[0]
@@ -44,6 +50,15 @@ class ChannelStats:
     def norms(self) -> torch.Tensor:
         """||X_j||_2 per input channel."""
         return self.sumsq.sqrt()
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[x_j] and Var(x_j) per input channel over the calibration tokens (population
+        variance, clamped at 0 against rounding)."""
+        if self.total is None or self.tokens == 0:
+            raise ValueError("these statistics hold no per-channel sums (collected before means "
+                             "were) or no tokens")
+        mean = self.total / self.tokens
+        return mean, (self.sumsq / self.tokens - mean.square()).clamp_min(0.0)
 
 
 class SharedProducts:
@@ -106,11 +121,13 @@ def collecting(targets: list[Target], stats: dict[str, ChannelStats]) -> Iterato
 
 def stats_to_tensors(stats: dict[str, ChannelStats]) -> dict[str, torch.Tensor]:
     """Flatten to a name -> tensor dict for safetensors: `<name>.sumsq`, `<name>.tokens` and,
-    when collected, `<name>.xtx`."""
+    when collected, `<name>.sum` and `<name>.xtx`."""
     tensors: dict[str, torch.Tensor] = {}
     for name, entry in stats.items():
         tensors[f"{name}.sumsq"] = entry.sumsq.detach().to("cpu", STATS_DTYPE).contiguous()
         tensors[f"{name}.tokens"] = torch.tensor([entry.tokens], dtype=torch.int64)
+        if entry.total is not None:
+            tensors[f"{name}.sum"] = entry.total.detach().to("cpu", STATS_DTYPE).contiguous()
         if entry.xtx is not None:
             tensors[f"{name}.xtx"] = entry.xtx.detach().to("cpu", STATS_DTYPE).contiguous()
     return tensors
@@ -122,7 +139,8 @@ def stats_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, ChannelSta
     for key, value in tensors.items():
         if key.endswith(".sumsq"):
             name = key[: -len(".sumsq")]
-            xtx = tensors.get(f"{name}.xtx")
+            xtx, total = tensors.get(f"{name}.xtx"), tensors.get(f"{name}.sum")
             stats[name] = ChannelStats(value.to(STATS_DTYPE), int(tensors[f"{name}.tokens"][0]),
-                                       None if xtx is None else xtx.to(STATS_DTYPE))
+                                       None if xtx is None else xtx.to(STATS_DTYPE),
+                                       None if total is None else total.to(STATS_DTYPE))
     return stats

@@ -89,6 +89,7 @@ def only_with(fields: BaseModel, keys: tuple[str, ...], condition: bool, owner: 
     is off. An explicit default is accepted, so a dumped config validates again."""
     if condition:
         return []
+    defined = type(fields).model_fields
     return [problem((key,), f"only {owner} takes {key!r}", at_key=True) for key in keys
-            if getattr(fields, key) != type(fields).model_fields[key].default]
+            if getattr(fields, key) != defined[key].get_default(call_default_factory=True)]
 

@@ -15,6 +15,7 @@ from wanda_export.config.stages import (
     ExportStage,
     MaskStage,
     ScoreStage,
+    refine_problem,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +71,13 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
             )
         )
     mask: MaskStage | None = config.stage("mask")
+    if mask is not None and mask.refine and score is not None:
+        message = refine_problem(score.method, mask.refine)
+        if message:
+            problems.append(problem((*at["mask"], "refine"), message))
+    if mask is not None and mask.refine and "calibrate" not in at:
+        problems.append(problem((*at["mask"], "refine"), f"refine {mask.refine!r} needs "
+                                "activation statistics: add '- calibrate: {}' before score"))
     if mask is not None and mask.allocation == "owl" and "calibrate" not in at:
         problems.append(
             problem(

@@ -4,16 +4,21 @@ calibrate, score and mask stage models, so its defaults, bounds and rules are th
 
 from __future__ import annotations
 
-from pydantic import ConfigDict
+from typing import Self
 
+from pydantic import ConfigDict, model_validator
+
+from wanda_export.config.base import problem, rules_error
 from wanda_export.config.inputs import CalibrationBatch
-from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage
+from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage, refine_problem
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
 from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
 
 # The papers' comparison group of unstructured masks per method: Wanda compares within each
-# output row, magnitude within the layer; SparseGPT chooses its mask per block of columns.
-METHOD_GROUPS = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block"}
+# output row, magnitude within the layer (so does RIA's reference code: its relative importance
+# already normalises rows and columns); SparseGPT chooses its mask per block of columns.
+METHOD_GROUPS = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block",
+                 "ria": "layer"}
 
 
 class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
@@ -23,6 +28,13 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
     are converted where that loses nothing (a tuple of globs, an integer sparsity)."""
 
     model_config = ConfigDict(strict=False)
+
+    @model_validator(mode="after")
+    def _refine_fits_the_method(self) -> Self:
+        message = refine_problem(self.method, self.refine)
+        if message:
+            raise rules_error([problem(("refine",), message)])
+        return self
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -40,16 +52,28 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
         return self.method == "sparsegpt"
 
     @property
+    def needs_means(self) -> bool:
+        """DSnoT reads each input channel's mean (and variance) besides its sum of squares."""
+        return self.refine == "dsnot"
+
+    @property
     def needs_calibration(self) -> bool:
-        """Whether activations are needed: for the scores, SparseGPT's Hessian, or OWL."""
-        return (self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
-                or self.allocation == "owl")
+        """Whether activations are needed: for the scores, SparseGPT's Hessian, DSnoT, OWL."""
+        return self.prunes_from_statistics or self.allocation == "owl"
 
     @property
     def prunes_from_statistics(self) -> bool:
-        """Whether the layers' own scores or reconstruction use activation statistics (Wanda,
-        SparseGPT); magnitude needs none (OWL's ratios are measured beforehand)."""
-        return self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+        """Whether the layers' own scores, reconstruction or refinement use activation
+        statistics (Wanda, RIA, SparseGPT, DSnoT); magnitude alone needs none (OWL's ratios are
+        measured beforehand)."""
+        return (self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+                or self.needs_means)
+
+    @property
+    def score_settings(self) -> dict[str, float]:
+        """The scoring method's own settings, as `compute_scores` takes them."""
+        return {name: getattr(self, name) for name in self.RIA_SETTINGS} if (
+            self.method == "ria") else {}
 
     @property
     def calibrates_sequentially(self) -> bool:

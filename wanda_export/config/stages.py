@@ -35,6 +35,7 @@ from wanda_export.config.limits import (
     MAX_BLOCK_SIZE,
     MAX_LAYER_GLOBS,
     MAX_PARITY_TOKENS,
+    MAX_REFINE_ITERATIONS,
     MAX_SEQLEN,
     MAX_THREADS,
 )
@@ -43,7 +44,8 @@ from wanda_export.memory import parse_size
 from wanda_export.sparsity.pattern import parse_pattern
 
 Mode = Literal["sequential", "dense"]
-Method = Literal["wanda", "magnitude", "sparsegpt"]
+Method = Literal["wanda", "magnitude", "sparsegpt", "ria"]
+Refinement = Literal["dsnot"]
 Group = Literal["row", "layer"]
 AllocationMethod = Literal["uniform", "alphapruning", "owl"]
 AlphaXmin = Literal["ks", "median"]
@@ -55,6 +57,16 @@ RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensor
 ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "onnx-bf16", "tensorrt"})
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 _MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
+
+
+def refine_problem(method: str, refine: str | None) -> str | None:
+    """Why `refine` cannot follow scoring `method` (None when it can): DSnoT swaps entries of a
+    mask under the dense weights' reconstruction error, which SparseGPT's update invalidates."""
+    if refine == "dsnot" and method == "sparsegpt":
+        return ("refine 'dsnot' refines the masks of wanda, ria or magnitude against the dense "
+                "weights; method 'sparsegpt' updates the weights it keeps: drop refine or "
+                "choose another method")
+    return None
 
 
 class CalibrateStage(StrictModel):
@@ -70,22 +82,27 @@ class ScoreStage(StrictModel):
 
     sparsegpt reconstructs the kept weights from the input Hessian (`dampening` relative to
     its mean diagonal, columns processed in blocks of `block_size`); it takes no group.
+    ria scores (|W|/row sum + |W|/column sum) * ||X||^`exponent` (the paper's a).
     """
 
     summary: ClassVar[str] = ("Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's "
                               "reconstruction).")
     # Settings only method sparsegpt takes (they also key sequential statistics).
     SPARSEGPT_SETTINGS: ClassVar[tuple[str, ...]] = ("dampening", "block_size")
+    # Settings only method ria takes (they also key sequential statistics).
+    RIA_SETTINGS: ClassVar[tuple[str, ...]] = ("exponent",)
 
     method: Method = "wanda"
     group: Group | None = None
     dampening: float = Field(0.01, gt=0.0, lt=1.0)
     block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE)
+    exponent: float = Field(0.5, ge=0.0, le=4.0)
 
     @model_validator(mode="after")
     def _settings_fit_the_method(self) -> Self:
         sparsegpt = self.method == "sparsegpt"
         problems = only_with(self, self.SPARSEGPT_SETTINGS, sparsegpt, "method 'sparsegpt'")
+        problems += only_with(self, self.RIA_SETTINGS, self.method == "ria", "method 'ria'")
         if sparsegpt and self.group is not None:
             problems.append(problem(("group",), "method 'sparsegpt' chooses its mask per block "
                                     "of columns and takes no group", at_key=True))
@@ -102,6 +119,15 @@ class MaskStage(StrictModel):
     power-law alpha, Hill estimator with `alpha_xmin`); owl (ratios in [s - owl_lambda,
     s + owl_lambda] from the share of Wanda scores above owl_m times their mean). One ratio per
     decoder block or per matrix (`granularity`). N:M patterns need uniform allocation.
+
+    `permute` (N:M only) permutes the input channels of the linears whose producer can absorb
+    the permutation exactly (down_proj with gate/up rows, o_proj with v_proj rows within each
+    head) so the N:M groups hold more score mass; the model computes the same function. `refine:
+    dsnot` then swaps pruned and kept weights per output row (within each N:M group) to shrink
+    the expected reconstruction error, at most `refine_iterations` swaps per row, stopping a row
+    once |error| <= `refine_threshold`; growth candidates are ranked by W_ij E[x_j] /
+    Var(x_j)^`refine_variance_power`; `refine_exclude` globs leave linears unrefined (the
+    paper's default leaves the MLP alone).
     """
 
     summary: ClassVar[str] = "Prune to the configured sparsity, pattern and layer-wise allocation."
@@ -109,6 +135,9 @@ class MaskStage(StrictModel):
     ALLOCATION_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "alphapruning": ("epsilon", "alpha_xmin"), "owl": ("owl_m", "owl_lambda"),
         "layer-wise": ("granularity",)}
+    # Settings only `refine: dsnot` takes (they also key sequential statistics).
+    REFINE_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "refine_iterations", "refine_threshold", "refine_variance_power", "refine_exclude")
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: str = "unstructured"
@@ -122,6 +151,25 @@ class MaskStage(StrictModel):
     owl_m: float = Field(5.0, gt=0.0)
     owl_lambda: float = Field(0.08, gt=0.0, lt=1.0)
     granularity: Granularity = "block"
+    permute: bool = False
+    refine: Refinement | None = None
+    refine_iterations: int = Field(50, ge=1, le=MAX_REFINE_ITERATIONS)
+    refine_threshold: float = Field(0.1, ge=0.0)
+    refine_variance_power: float = Field(1.0, ge=0.0, le=4.0)
+    refine_exclude: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["*.mlp.*"], max_length=MAX_LAYER_GLOBS)
+
+    @model_validator(mode="after")
+    def _refine_and_permute(self) -> Self:
+        problems = only_with(self, self.REFINE_SETTINGS, self.refine is not None,
+                             "'refine: dsnot'")
+        if self.permute and not parse_pattern(self.pattern).structured:
+            problems.append(problem(("permute",), f"permute reorders input channels so the N:M "
+                                    f"groups keep more; pattern {self.pattern} has no groups: "
+                                    "use an N:M pattern such as 2:4, or permute: false"))
+        if problems:
+            raise rules_error(problems)
+        return self
 
     @model_validator(mode="after")
     def _allocation_settings(self) -> Self:

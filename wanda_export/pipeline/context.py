@@ -24,6 +24,7 @@ from wanda_export.pipeline.run_plan import RunPlan
 from wanda_export.prune import PruneSpec
 from wanda_export.report.record import RunRecord
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
+from wanda_export.sparsity.permute import Permuted
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunContext:
     allocation: Allocation | None = None
     allocation_inputs: dict[str, str] = field(default_factory=dict)  # cache hit/miss per input
     pruned_in_calibration: bool = False  # a sequential calibration miss pruned as it went
+    permuted: dict[str, Permuted] = field(default_factory=dict)  # folded, by linear
     dense_weights: dict[str, torch.Tensor] | None = None  # kept for the benchmark's baseline
     onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
     availability: dict[str, Availability] = field(default_factory=dict)  # benchmark runtimes

@@ -35,7 +35,8 @@ def evaluation_windows_for(config: PipelineConfig, tokenizer) -> torch.Tensor:
 
 def plan_settings(spec: PruneSpec) -> dict:
     """The pruning settings beyond method/sparsity/pattern/group that shape sequential
-    statistics: the layer-wise allocation and SparseGPT's, each only when in use."""
+    statistics: the layer-wise allocation, SparseGPT's, RIA's, the channel permutation and the
+    refinement, each only when in use."""
     settings: dict = {}
     if spec.allocation != "uniform":
         names = [name for group in spec.ALLOCATION_SETTINGS.values() for name in group]
@@ -43,6 +44,13 @@ def plan_settings(spec: PruneSpec) -> dict:
                                   **{name: getattr(spec, name) for name in names}}
     if spec.method == "sparsegpt":
         settings["sparsegpt"] = {name: getattr(spec, name) for name in spec.SPARSEGPT_SETTINGS}
+    if spec.method == "ria":
+        settings["ria"] = spec.score_settings
+    if spec.permute:
+        settings["permute"] = True
+    if spec.refine is not None:
+        settings["refine"] = {"method": spec.refine,
+                              **{name: getattr(spec, name) for name in spec.REFINE_SETTINGS}}
     return settings
 
 
@@ -64,6 +72,7 @@ def calibration_key_for(config: PipelineConfig, fingerprint: str, windows: torch
         plan_digest=plan_digest(spec.method, spec.sparsity, spec.pattern, spec.comparison_group,
                                 plan_settings(spec)),
         hessian=spec.needs_hessian if hessian is None else hessian,
+        means=spec.needs_means and hessian is None,
     )
 
 

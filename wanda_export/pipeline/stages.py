@@ -54,8 +54,10 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
             allocation = ensure_allocation(ctx)
             layers = len({t.layer_index for t in ctx.targets})
             with ctx.progress.task("calibrate (sequential)", layers) as advance:
-                stats = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
-                                    on_progress=lambda _index: advance(1)).stats
+                result = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
+                                     on_progress=lambda _index: advance(1))
+            ctx.permuted = result.permuted
+            stats = result.stats
             ctx.pruned_in_calibration = True
             return stats_to_tensors(stats)
 
@@ -77,14 +79,15 @@ def run_score(ctx: RunContext) -> StageRecord:
     detail = {"method": spec.method, "group": spec.comparison_group}
     if spec.method == "sparsegpt":
         detail |= {"dampening": spec.dampening, "block_size": spec.block_size}
-    return StageRecord("score", detail=detail)
+    return StageRecord("score", detail=detail | spec.score_settings)
 
 
 def _record_sparsity(ctx: RunContext) -> SparsityRecord:
     """Verify every target's weight as it now is and put the result in the run record."""
     ctx.record.sparsity = SparsityRecord(
         pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
-        report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation)
+        report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation,
+        permuted=ctx.permuted)
     return ctx.record.sparsity
 
 
@@ -95,14 +98,24 @@ def run_mask(ctx: RunContext) -> StageRecord:
     spec = ctx.spec
     allocation = ensure_allocation(ctx)
     if not ctx.pruned_in_calibration:
-        prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios)
+        ctx.permuted = prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios,
+                                     ctx.loaded.model)
     report = _record_sparsity(ctx).report
     pruned_during = "calibrate" if ctx.pruned_in_calibration else "mask"
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,
                                        "allocation": allocation.method,
+                                       **mask_settings(spec),
                                        "pruned_during": pruned_during,
                                        **({"cache": ctx.allocation_inputs}
                                           if ctx.allocation_inputs else {})})
+
+
+def mask_settings(spec) -> dict:
+    """The mask stage's channel permutation and refinement, as the report and the exported plan
+    name them: `permute`, and `refine` with its settings (None without)."""
+    refine = None if spec.refine is None else {
+        "method": spec.refine, **{name: getattr(spec, name) for name in spec.REFINE_SETTINGS}}
+    return {"permute": spec.permute, "refine": refine}
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
@@ -180,6 +193,8 @@ def pruning_plan(ctx: RunContext) -> dict:
             key: value for key, value in ctx.allocation.to_dict().items() if key != "layers"},
         "sparsegpt": None if spec is None or spec.method != "sparsegpt" else {
             "dampening": spec.dampening, "block_size": spec.block_size},
+        "score_settings": spec.score_settings if spec else None,
+        **(mask_settings(spec) if spec else {}),
         "calibration": None if calibration is None else {
             "source": calibration.source, "nsamples": calibration.nsamples,
             "seqlen": calibration.seqlen, "seed": calibration.seed},

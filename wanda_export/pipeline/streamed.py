@@ -44,6 +44,7 @@ from wanda_export.pipeline.stages import (
     CHECKPOINT_DIR,
     STAGES,
     artifact_sizes,
+    mask_settings,
     pruning_plan,
     record_pruned_perplexity,
 )
@@ -173,13 +174,15 @@ def _prune(ctx: RunContext, stage: str) -> StageRecord:
                                   ratios=ctx.allocation.ratios, on_layer=on_layer,
                                   start_layer=start, hidden=hidden)
         report.layers.update(result.report.layers)
+        ctx.permuted = result.permuted
         seconds = {key: round(value, 3) for key, value in result.seconds.items()}
     else:
         for name, tensor in checkpoint.outside_tensors():
             writer.add(name, tensor)
     ctx.pruned_in_calibration = stage == "calibrate"
     ctx.record.sparsity = SparsityRecord(pattern=str(ctx.pattern), target=spec.sparsity,
-                                         report=report, allocation=ctx.allocation)
+                                         report=report, allocation=ctx.allocation,
+                                         permuted=ctx.permuted)
     return StageRecord(stage, cache="hit" if start == layers else "miss", detail={
         "streamed": True, "layers": layers, "layers_from_cache": start, "pruned": True,
         "seconds": seconds})
@@ -203,7 +206,7 @@ def run_mask(ctx: RunContext) -> StageRecord:
     sparsity = ctx.record.sparsity
     return StageRecord("mask", detail={
         "layers": len(ctx.targets), "overall": sparsity.report.overall,
-        "allocation": ctx.allocation.method, "streamed": True,
+        "allocation": ctx.allocation.method, "streamed": True, **mask_settings(ctx.spec),
         "pruned_during": "calibrate" if ctx.pruned_in_calibration else "mask",
         **({"cache": ctx.allocation_inputs} if ctx.allocation_inputs else {})})
 

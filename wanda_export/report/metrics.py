@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from wanda_export.bench.timing import LatencyStats
     from wanda_export.evaluate.parity import ParityResult
     from wanda_export.export.onnx_verify import OnnxVerification
+    from wanda_export.sparsity.permute import Permuted
     from wanda_export.sparsity.verify import SparsityReport
 
 
@@ -42,12 +43,20 @@ class SparsityRecord:
     report: SparsityReport
     allocation: Allocation | None = None
     verified: bool = False  # the verify stage re-read the weights, so its gate applies
+    permuted: dict[str, Permuted] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """report.json's `sparsity`: pattern, target, overall, valid, layers[, allocation]."""
+        """report.json's `sparsity`: pattern, target, overall, valid, layers[, allocation]
+        [, permutation: how many linears were permuted and the N:M score mass they keep]."""
         data = {"pattern": self.pattern, "target": self.target, **self.report.to_dict()}
         if self.allocation is not None:
             data["allocation"] = self.allocation.to_dict()
+        if self.permuted:
+            before = sum(entry.before for entry in self.permuted.values())
+            after = sum(entry.after for entry in self.permuted.values())
+            data["permutation"] = {"linears": len(self.permuted), "kept_score_before": before,
+                                   "kept_score_after": after,
+                                   "gain": after / before - 1 if before else None}
         return data
 
 

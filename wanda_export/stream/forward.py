@@ -100,7 +100,8 @@ def collect_layer(layer: nn.Module, batches: list[Batch], device: torch.device |
 def stats_to_cpu(stats: dict[str, ChannelStats]) -> dict[str, ChannelStats]:
     """The same statistics with their tensors on the CPU."""
     return {name: ChannelStats(entry.sumsq.to(CPU), entry.tokens,
-                               None if entry.xtx is None else entry.xtx.to(CPU))
+                               None if entry.xtx is None else entry.xtx.to(CPU),
+                               None if entry.total is None else entry.total.to(CPU))
             for name, entry in stats.items()}
 
 

@@ -132,7 +132,7 @@ def stream_prune(
         if start_layer:
             batches = _resumed(batches, hidden, start_layer)
     last = len(checkpoint.layers) - 1
-    report, collected = SparsityReport(), {}
+    report, collected, permuted = SparsityReport(), {}, {}
     for index in range(start_layer, last + 1):
         layer, layer_targets = checkpoint.layers[index], grouped.get(index, [])
         with timed("load"):
@@ -146,7 +146,8 @@ def stream_prune(
                                                          spec.needs_hessian, propagate)
             if layer_targets:
                 with timed("score_mask"):
-                    prune_targets(layer_targets, spec, layer_stats or None, ratios)
+                    permuted.update(prune_targets(layer_targets, spec, layer_stats or None,
+                                                  ratios, checkpoint.model))
             if forward and spec.calibrates_sequentially and index < last:
                 with timed("calibrate"):
                     batches = run_layer(layer, batches, device)
@@ -174,7 +175,7 @@ def stream_prune(
         with timed("write"):
             for name, tensor in checkpoint.outside_tensors():
                 writer.add(name, tensor)
-    return PruneResult(report, collected if forward else stats, seconds)
+    return PruneResult(report, collected if forward else stats, seconds, permuted=permuted)
 
 
 def stream_verify(checkpoint: StreamedCheckpoint, targets: list[Target], pattern: Pattern
