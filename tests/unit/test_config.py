@@ -391,7 +391,8 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
     assert caught.value.exit_code == EXIT_CONFIG
     assert caught.value.problems == [
-        {"path": "", "line": None, "column": None, "message": "no such pipeline file"}
+        {"path": "", "line": None, "column": None, "origin": None,
+         "message": "no such pipeline file"}
     ]
 
 
