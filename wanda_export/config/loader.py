@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from wanda_export.config.base import CONFIG_ERROR, RULES_ERROR, describe_value
 from wanda_export.config.inputs import ModelConfig, resolve_data_path
-from wanda_export.config.overrides import overridden
+from wanda_export.config.overrides import Override, overridden
 from wanda_export.config.pipeline import PipelineConfig, unknown_key_message
 from wanda_export.config.problems import Locations, Problem, config_error
 from wanda_export.config.yaml_reader import (
@@ -58,7 +58,7 @@ _PLAIN_MESSAGES = {
 }
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> PipelineConfig:
     """Read and validate the pipeline file at `path` with `overrides` (`mask.sparsity=0.6`,
     config/overrides.py) applied; relative paths in it are relative to its folder. Raises
     ConfigError (exit code 2) listing every problem found."""
@@ -97,7 +97,7 @@ def _too_large(size: int | None) -> str:
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: Path,
-                 overrides: Sequence[str] = ()) -> PipelineConfig:
+                 overrides: Sequence[str | Override] = ()) -> PipelineConfig:
     """Validate pipeline YAML `text` with `overrides` applied; `source` names it in messages,
     `base_dir` anchors its relative paths. Every problem is collected before one ConfigError is
     raised; a problem with an overridden value is located at its `--set KEY`."""

@@ -45,18 +45,21 @@ class Override:
     key: str
     parts: tuple[str, ...]
     value: Any
+    option: str = SET_OPTION
 
     @property
     def label(self) -> str:
-        """Where a problem with this value is reported: `--set mask.sparsity`."""
-        return f"{SET_OPTION} {self.key}"
+        """Where a problem with this value is reported: `--set mask.sparsity`, or the option
+        that stands for one key (`--device`)."""
+        return f"{SET_OPTION} {self.key}" if self.option == SET_OPTION else self.option
 
 
-def parse_override(text: str) -> Override:
-    """Read one `KEY=VALUE`; raises ConfigError naming the override when it is malformed."""
+def parse_override(text: str, *, option: str = SET_OPTION) -> Override:
+    """Read one `KEY=VALUE` given to `option` (`--set`, or an option standing for one key such
+    as `--device`); raises ConfigError naming the override when it is malformed."""
     key, equals, value_text = text.partition("=")
     key = key.strip()
-    where = f"{SET_OPTION} {key or text}"
+    where = f"{SET_OPTION} {key or text}" if option == SET_OPTION else option
     if len(text) > MAX_OVERRIDE_CHARS:
         raise OverrideError(where, f"the override is {len(text):,} characters, over the limit "
                           f"of {MAX_OVERRIDE_CHARS:,}")
@@ -75,7 +78,7 @@ def parse_override(text: str) -> Override:
         if not isinstance(error, yaml.constructor.ConstructorError):
             reason += "; quote a string holding ':' or '#'"
         raise OverrideError(where, f"the value is not valid YAML ({reason})") from None
-    return Override(key, parts, value)
+    return Override(key, parts, value, option)
 
 
 def _data_path(data: dict[str, Any], override: Override) -> tuple[str, ...]:
@@ -121,15 +124,17 @@ def _set(data: dict[str, Any], path: tuple[str, ...], value: Any, label: str) ->
             node = node[part]
 
 
-def overridden(data: dict[str, Any], overrides: Iterable[str], *, source: str = "the overrides"
+def overridden(data: dict[str, Any], overrides: Iterable[str | Override], *,
+               source: str = "the overrides"
                ) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """`data` (a pipeline file's YAML data, left unchanged) with `overrides` applied in order,
-    and each overridden path mapped to its label (`--set mask.sparsity`) for locating problems.
-    Raises one ConfigError listing every malformed override, headed by `source`."""
+    """`data` (a pipeline file's YAML data, left unchanged) with `overrides` (`KEY=VALUE` texts
+    or parsed ones) applied in order, and each overridden path mapped to its label
+    (`--set mask.sparsity`) for locating problems. Raises one ConfigError listing every
+    malformed override, headed by `source`."""
     result, origins, problems = copy.deepcopy(data), {}, []
-    for text in overrides:
+    for item in overrides:
         try:
-            override = parse_override(text)
+            override = parse_override(item) if isinstance(item, str) else item
             path = _data_path(result, override)
             _set(result, path, override.value, override.label)
         except OverrideError as error:
@@ -142,7 +147,8 @@ def overridden(data: dict[str, Any], overrides: Iterable[str], *, source: str = 
     return result, origins
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str | Override]
+                    ) -> dict[str, Any]:
     """A copy of pipeline `data` with `overrides` (`["mask.sparsity=0.6", ...]`) applied in
     order; validate it with `parse_config(..., overrides=...)` or `PipelineConfig`. Raises
     ConfigError for a malformed override."""

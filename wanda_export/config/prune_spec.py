@@ -9,7 +9,6 @@ from pydantic import ConfigDict
 from wanda_export.config.inputs import CalibrationBatch
 from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
-from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
 
 # The papers' comparison group of unstructured masks per method: Wanda compares within each
 # output row, magnitude within the layer; SparseGPT chooses its mask per block of columns.
@@ -42,14 +41,14 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
     @property
     def needs_calibration(self) -> bool:
         """Whether activations are needed: for the scores, SparseGPT's Hessian, or OWL."""
-        return (self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+        return (_reads_activations(self.method) or self.needs_hessian
                 or self.allocation == "owl")
 
     @property
     def prunes_from_statistics(self) -> bool:
         """Whether the layers' own scores or reconstruction use activation statistics (Wanda,
         SparseGPT); magnitude needs none (OWL's ratios are measured beforehand)."""
-        return self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
+        return _reads_activations(self.method) or self.needs_hessian
 
     @property
     def calibrates_sequentially(self) -> bool:
@@ -57,3 +56,11 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
         the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
         dense model's statistics alone)."""
         return self.mode == "sequential" and self.prunes_from_statistics
+
+
+def _reads_activations(method: str) -> bool:
+    """Whether `method`'s scores read activation statistics (imported here: sparsity.score
+    imports torch, which validating a config does not need)."""
+    from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
+
+    return method in METHODS_NEEDING_ACTIVATIONS

@@ -27,14 +27,13 @@ from wanda_export.report.record import (
     RunRecord,
     StageRecord,
 )
+from wanda_export.report.summary import render_summary_md, write_summary_md
 from wanda_export.report.writers import (
     collect_artifacts,
     hash_artifacts,
-    render_summary_md,
     write_junit,
     write_manifest,
     write_report_json,
-    write_summary_md,
 )
 
 __all__ = [

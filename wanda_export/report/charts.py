@@ -49,6 +49,15 @@ def _short_names(names: list[str]) -> list[str]:
     return [".".join(parts[common:]) for parts in split]
 
 
+def model_label(record: RunRecord) -> str:
+    """The model's public name (hub id or folder name); an older record's folder name."""
+    model = record.model or {}
+    if model.get("name"):
+        return str(model["name"])
+    source = str(model.get("source") or "default model")
+    return Path(source).name if Path(source).is_absolute() else source  # a hub id stays whole
+
+
 def _as_fraction(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
@@ -106,9 +115,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     axes.set_ylabel("sparsity")
     axes.grid(axis="y", linewidth=0.5, alpha=0.5)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    model = record.model or {}
-    source = model.get("source") or model.get("path") or "default model"
-    source = Path(source).name if os.sep in str(source) else source  # a hub id stays whole
+    source = model_label(record)
     pattern = plan.get("pattern") or sparsity.pattern or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
