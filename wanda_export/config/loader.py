@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from wanda_export.config.base import CONFIG_ERROR, RULES_ERROR, describe_value
+from wanda_export.config.base import readable_errors
 from wanda_export.config.inputs import ModelConfig, resolve_data_path
 from wanda_export.config.overrides import Override, overridden
 from wanda_export.config.pipeline import PipelineConfig, unknown_key_message
@@ -46,16 +46,6 @@ from wanda_export.errors import ConfigError
 # Limits on a pipeline file: real ones are a few kilobytes with fewer than 1,000 values, a
 # handful of aliases and about 5 levels of nesting.
 MAX_PIPELINE_BYTES = 1 << 20
-_PLAIN_MESSAGES = {
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-    "string_type": "expected a string",
-    "int_type": "expected an integer",
-    "float_type": "expected a number",
-    "bool_type": "expected true or false",
-}
 
 
 def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> PipelineConfig:
@@ -228,24 +218,8 @@ def _index_nodes(
 
 def validation_problems(error: ValidationError) -> list[Problem]:
     """Turn every pydantic error into a Problem at its YAML path, with a readable message."""
-    problems = []
-    for item in error.errors(include_url=False):
-        loc, kind = tuple(item["loc"]), item["type"]
-        if kind == RULES_ERROR:
-            problems += [
-                Problem((*loc, *p["loc"]), p["message"], p["at_key"])
-                for p in item["ctx"]["problems"]
-            ]
-        elif kind == "extra_forbidden":
-            problems.append(Problem(loc, unknown_key_message(loc), at_key=True))
-        elif kind == "missing":
-            problems.append(Problem(loc, "this required key is missing"))
-        elif kind == CONFIG_ERROR:
-            problems.append(Problem(loc, item["msg"]))
-        else:
-            message = _PLAIN_MESSAGES.get(kind, item["msg"].removeprefix("Value error, "))
-            problems.append(Problem(loc, f"{message}, got {describe_value(item['input'])}"))
-    return problems
+    return [Problem(loc, message, at_key)
+            for loc, message, at_key in readable_errors(error, unknown_key_message)]
 
 
 def _path_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:

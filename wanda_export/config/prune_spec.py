@@ -4,15 +4,37 @@ calibrate, score and mask stage models, so its defaults, bounds and rules are th
 
 from __future__ import annotations
 
-from pydantic import ConfigDict
+from typing import Any
 
+from pydantic import ConfigDict, ValidationError
+
+from wanda_export.config.base import Loc, readable_errors
 from wanda_export.config.inputs import CalibrationBatch
 from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage
+from wanda_export.errors import ConfigError, did_you_mean
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
 
 # The papers' comparison group of unstructured masks per method: Wanda compares within each
 # output row, magnitude within the layer; SparseGPT chooses its mask per block of columns.
 METHOD_GROUPS = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block"}
+
+
+class SettingsError(ConfigError, ValueError):
+    """Settings refused in Python (`PruneSpec`, `prune`): the CLI's ConfigError with the same
+    messages, and a ValueError as Python code expects of a bad argument."""
+
+    @classmethod
+    def of(cls, owner: str, error: ValidationError, allowed: list[str]) -> SettingsError:
+        """Every problem of `error` as `owner: N error(s)` then one `key: message` per line."""
+        def unknown(loc: Loc) -> str:
+            key = str(loc[-1])
+            return (f"unknown setting {key!r}; allowed: {', '.join(allowed)}"
+                    + did_you_mean(key, allowed))
+
+        rows = [f"{'.'.join(map(str, loc))}: {message}" if loc else message
+                for loc, message, _ in readable_errors(error, unknown)]
+        count = f"{len(rows)} error{'s' if len(rows) != 1 else ''}"
+        return cls("\n".join([f"{owner}: {count} in the settings", *rows]))
 
 
 class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
@@ -22,6 +44,15 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
     are converted where that loses nothing (a tuple of globs, an integer sparsity)."""
 
     model_config = ConfigDict(strict=False)
+
+    def __init__(self, **settings: Any) -> None:
+        """Validate `settings`; refused ones raise `SettingsError` with the pipeline file's
+        messages (a ConfigError, exit code 2, and a ValueError)."""
+        try:
+            super().__init__(**settings)
+        except ValidationError as error:
+            raise SettingsError.of(type(self).__name__, error, list(type(self).model_fields)
+                                   ) from None
 
     @property
     def parsed_pattern(self) -> Pattern:
