@@ -176,7 +176,8 @@ def _in_memory(config: PipelineConfig, model: Any, tokenizer: Any, windows: Any
         windows = calibration_windows_for(config, tokenizer)
     result = prune_model(model, spec, windows if spec.needs_calibration else None)
     sparsity = SparsityRecord(pattern=spec.pattern, target=spec.sparsity, report=result.report,
-                              allocation=result.allocation, verified=True)
+                              allocation=result.allocation, verified=True,
+                              importance_kept=result.importance_kept)
     plan = {"method": spec.method, "sparsity": spec.sparsity, "pattern": spec.pattern,
             "group": spec.comparison_group, "mode": spec.mode,
             "layers": {name: layer.sparsity for name, layer in result.report.layers.items()}}

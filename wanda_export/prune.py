@@ -22,7 +22,12 @@ from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.model.layers import Target, weight_out_in
 from wanda_export.sparsity.mask import apply_mask_, build_mask
 from wanda_export.sparsity.pattern import Pattern
-from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, compute_scores
+from wanda_export.sparsity.score import (
+    METHODS_NEEDING_ACTIVATIONS,
+    compute_scores,
+    importance_kept,
+    wanda_scores,
+)
 from wanda_export.sparsity.sparsegpt import sparsegpt_prune
 from wanda_export.sparsity.verify import SparsityReport, verify_layer
 
@@ -35,6 +40,7 @@ class PruneResult:
     stats: dict[str, ChannelStats] | None
     seconds: dict[str, float] = field(default_factory=dict)
     allocation: Allocation | None = None
+    importance_kept: dict[str, float] = field(default_factory=dict)  # see `prune_targets`
 
 
 def check_pattern_fits(targets: list[Target], pattern: Pattern) -> None:
@@ -48,10 +54,12 @@ def check_pattern_fits(targets: list[Target], pattern: Pattern) -> None:
 @torch.no_grad()
 def prune_targets(
     targets: list[Target], spec: PruneSpec, stats: dict[str, ChannelStats] | None,
-    ratios: dict[str, float] | None = None,
+    ratios: dict[str, float] | None = None, kept: dict[str, float] | None = None,
 ) -> None:
     """Score, mask and zero each target in place (no forward passes); SparseGPT also updates
     the weights it keeps. `ratios` (layer-wise allocation) overrides `spec.sparsity` per target.
+    `kept`, when given, receives each target's share of importance the mask keeps
+    (`importance_kept`): it tells layers apart even when every layer is pruned alike.
 
     Targets are independent, so they run on a small thread pool (torch and numpy release the
     GIL); each result depends only on its own weight and statistics, so the outcome is the same
@@ -66,12 +74,18 @@ def prune_targets(
             xtx = stats[target.name].xtx if stats is not None else None
             if xtx is None:
                 raise ValueError(f"sparsegpt needs the input Hessian of {target.name}")
+            importance = wanda_scores(weight, torch.diagonal(xtx)) if kept is not None else None
             weight.copy_(sparsegpt_prune(weight, xtx, sparsity, pattern, spec.block_size,
                                          spec.dampening))
+            if importance is not None:
+                kept[target.name] = importance_kept(importance, weight == 0)
             return
         uses_stats = stats is not None and spec.method in METHODS_NEEDING_ACTIVATIONS
         scores = compute_scores(spec.method, weight, stats[target.name].sumsq if uses_stats else None)
-        apply_mask_(weight, build_mask(scores, sparsity, pattern, spec.comparison_group))
+        mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
+        if kept is not None:
+            kept[target.name] = importance_kept(scores, mask)
+        apply_mask_(weight, mask)
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -102,12 +116,14 @@ def prune_model(
     still-dense weights (OWL in sequential mode then costs one extra dense calibration pass).
     """
     targets = spec.targets_of(model)
+    names = [target.name for target in targets]
     pattern = spec.parsed_pattern
     check_pattern_fits(targets, pattern)
     seconds: dict[str, float] = {}
     if spec.needs_calibration and stats is None and windows is None:
         raise ValueError(f"method {spec.method!r} needs calibration windows or statistics")
     dense_first = not spec.calibrates_sequentially or stats is not None
+    kept: dict[str, float] = {}
 
     def timed(label: str, work: Callable[[], object]):
         start = time.perf_counter()
@@ -127,18 +143,20 @@ def prune_model(
     ratios = allocation.ratios
 
     if dense_first:
-        timed("score_mask", lambda: prune_targets(targets, spec, stats, ratios))
+        timed("score_mask", lambda: prune_targets(targets, spec, stats, ratios, kept))
     else:
         by_layer: dict[int, list[Target]] = {}
         for target in targets:
             by_layer.setdefault(target.layer_index, []).append(target)
 
         def prune_layer(index: int, layer_stats: dict[str, ChannelStats]) -> None:
-            timed("score_mask", lambda: prune_targets(by_layer[index], spec, layer_stats, ratios))
+            timed("score_mask", lambda: prune_targets(by_layer[index], spec, layer_stats, ratios,
+                                                      kept))
 
         stats = timed("calibrate", lambda: calibrate_sequential(
             model, windows, targets, prune_layer, spec.batch_size, on_progress,
             spec.needs_hessian))
         seconds["calibrate"] -= seconds["score_mask"]
 
-    return PruneResult(verify_targets(targets, pattern), stats, seconds, allocation)
+    return PruneResult(verify_targets(targets, pattern), stats, seconds, allocation,
+                       {name: kept[name] for name in names if name in kept})

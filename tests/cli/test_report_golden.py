@@ -24,7 +24,7 @@ from helpers import invoke
 GOLDEN = Path(__file__).parents[1] / "golden" / "report_keys.json"
 UPDATE = "WANDA_EXPORT_UPDATE_GOLDEN"
 # objects keyed by data (layer, runtime, file names): their entries are merged under "*"
-DATA_KEYED = {"sparsity.layers", "sparsity.allocation.layers", "metrics.latency.runtimes",
+DATA_KEYED = {"sparsity.layers", "sparsity.allocation.layers", "sparsity.importance_kept", "metrics.latency.runtimes",
               "metrics.latency.comparison.speedup", "metrics.sizes.files",
               "stages[].detail.speedup", "stages[].detail.unavailable"}
 # version strings that are null on a machine without the library or device (CUDA on a CPU box),

@@ -43,7 +43,9 @@ from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
     latency_chart,
+    plot_importance_kept,
     plot_layer_sparsity,
+    uniform_sparsity,
     write_junit,
     write_manifest,
     write_report_json,
@@ -107,7 +109,10 @@ def _load(config: PipelineConfig, streaming: bool
 def _write_outputs(ctx: RunContext) -> None:
     record, staging = ctx.record, ctx.staging
     charts = {}
-    if record.sparsity is not None:
+    if record.sparsity is not None and uniform_sparsity(record) and plot_importance_kept(
+            record, staging / "charts" / "importance.png") is not None:
+        charts["per-layer importance kept"] = "charts/importance.png"
+    elif record.sparsity is not None:
         chart = plot_layer_sparsity(record, staging / "charts" / "sparsity.png")
         if chart is not None:
             charts["per-layer sparsity"] = "charts/sparsity.png"

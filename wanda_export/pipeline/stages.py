@@ -62,10 +62,11 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
             allocation = ensure_allocation(ctx)
             layers = len({t.layer_index for t in ctx.targets})
             with ctx.progress.task("calibrate (sequential)", layers) as advance:
-                stats = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
-                                    on_progress=lambda _index: advance(1)).stats
+                result = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
+                                     on_progress=lambda _index: advance(1))
             ctx.pruned_in_calibration = True
-            return stats_to_tensors(stats)
+            ctx.importance_kept = result.importance_kept
+            return stats_to_tensors(result.stats)
 
         tensors, hit = ctx.cache.get_or_compute(
             use.kind, use.key, compute, use.record,
@@ -92,7 +93,8 @@ def _record_sparsity(ctx: RunContext) -> SparsityRecord:
     """Verify every target's weight as it now is and put the result in the run record."""
     ctx.record.sparsity = SparsityRecord(
         pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
-        report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation)
+        report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation,
+        importance_kept=ctx.importance_kept or None)
     return ctx.record.sparsity
 
 
@@ -103,7 +105,7 @@ def run_mask(ctx: RunContext) -> StageRecord:
     spec = ctx.spec
     allocation = ensure_allocation(ctx)
     if not ctx.pruned_in_calibration:
-        prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios)
+        prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios, ctx.importance_kept)
     report = _record_sparsity(ctx).report
     pruned_during = "calibrate" if ctx.pruned_in_calibration else "mask"
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,

@@ -42,12 +42,17 @@ class SparsityRecord:
     report: SparsityReport
     allocation: Allocation | None = None
     verified: bool = False  # the verify stage re-read the weights, so its gate applies
+    # per layer, the share of the method's importance its mask kept (in-memory runs)
+    importance_kept: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """report.json's `sparsity`: pattern, target, overall, valid, layers[, allocation]."""
+        """report.json's `sparsity`: pattern, target, overall, valid, layers[, allocation]
+        [, importance_kept]."""
         data = {"pattern": self.pattern, "target": self.target, **self.report.to_dict()}
         if self.allocation is not None:
             data["allocation"] = self.allocation.to_dict()
+        if self.importance_kept is not None:
+            data["importance_kept"] = dict(self.importance_kept)
         return data
 
 
