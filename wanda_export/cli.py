@@ -1,34 +1,45 @@
 """The `wanda-export` command line. The only place that turns exceptions into exit codes.
 
-Machine output (--json) goes to stdout; logs and progress bars go to stderr. With --json every
-failing exit also prints an error object on stdout (`error_object`).
+Results (human text, or JSON with --json) go to stdout; logs, progress bars and errors go to
+stderr (console.py). With --json every failing exit also prints an error object on stdout.
+Every command takes -h, --json, -q and -v; the pipeline commands take --set KEY=VALUE,
+--device and --dtype, which override the file through one path (config/overrides.py).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer._click import Context  # typer vendors click: its own exceptions, not click's
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from wanda_export import __version__
 from wanda_export.config.stages import STAGE_MODELS
+from wanda_export.console import (
+    QUIET,
+    emit,
+    error_object,
+    log,
+    print_error,
+    print_json,
+    results_on_stdout,
+    setup_logging,
+    stderr,
+    verbosity,
+)
 from wanda_export.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
-    EXIT_KINDS,
     ConfigError,
     GateFailure,
     Interrupted,
@@ -39,6 +50,8 @@ from wanda_export.errors import (
 JSON_FLAG = "--json"
 DEFAULT_OUT = "wanda-out"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class _JsonAwareGroup(TyperGroup):
@@ -61,7 +74,7 @@ def _usage_errors_as_json(ctx: Context) -> Iterator[None]:
         yield
     except UsageError as error:
         if ctx.meta.get(JSON_FLAG):
-            _print_json({"error": error_object(error.exit_code, error.format_message())})
+            print_json({"error": error_object(error.exit_code, error.format_message())})
         raise
 
 
@@ -70,15 +83,26 @@ app = typer.Typer(
     help="Prune a Hugging Face causal LM with Wanda and ship verified sparse artifacts.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
     cls=_JsonAwareGroup,
+    context_settings=HELP_OPTIONS,
 )
-cache_app = typer.Typer(help="Inspect or clear the activation-statistics cache.",
-                        no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, clear or trim the activation-statistics cache.",
+                        no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(cache_app, name="cache")
 
-stderr = Console(stderr=True)
-log = logging.getLogger("wanda_export")
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"wanda-export {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Prune a Hugging Face causal LM with Wanda and ship verified sparse artifacts."""
+
 
 FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.", show_default=False)]
 OutOpt = Annotated[str, typer.Option(
@@ -88,45 +112,45 @@ ForceOpt = Annotated[bool, typer.Option(
     "folder or a parent, home, the model, the pipeline's folder, the cache or a git repository.")]
 JsonOpt = Annotated[bool, typer.Option(JSON_FLAG, help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Debug logs, and other libraries' warnings (hidden otherwise).")]
 CacheOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Cache folder (default: $WANDA_EXPORT_CACHE or the user cache dir).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", show_default=False,
+    help="Override a setting of FILE, e.g. mask.sparsity=0.6 or model.dtype=float16 "
+    "(repeatable; the value is read as YAML; checked like the file).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="Override the file's model.device (auto, cpu, cuda, cuda:N, mps).")]
+DtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", help="Override the file's model.dtype.")]
 
 
-def _setup_logging(quiet: bool) -> None:
-    """Our progress logs on stderr; other libraries only when they warn (their INFO is noise)."""
-    import warnings
+@dataclass(frozen=True)
+class Overrides:
+    """The command line's changes to the pipeline file: --set, --device, --dtype."""
 
-    from rich.logging import RichHandler
+    sets: list[str] | None
+    device: str | None
+    dtype: str | None
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=stderr, show_path=False)], force=True)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
+    def load(self, file: Path):
+        """The pipeline file with the overrides applied (ConfigError: every problem)."""
+        from wanda_export.config import load_config
+        from wanda_export.config.overrides import parse_override
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def error_object(code: int, message: str, hint: str | None = None,
-                 locations: list[dict] | None = None) -> dict:
-    """The --json error object: exit code, its kind, the message, a hint, and for a pipeline file
-    error every problem's {path, line, column, message}."""
-    return {"exit_code": code, "kind": EXIT_KINDS[code], "message": message, "hint": hint,
-            "locations": list(locations or [])}
-
-
-def _print_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        options = {"--device": ("model.device", self.device), "--dtype": ("model.dtype",
+                                                                         self.dtype)}
+        extra = [parse_override(f"{key}={value}", option=option)
+                 for option, (key, value) in options.items() if value is not None]
+        return load_config(file, [*(self.sets or []), *extra])
 
 
 def _fail(code: int, message: str, *, as_json: bool, hint: str | None = None,
           locations: list[dict] | None = None, report: dict | None = None) -> None:
-    text = (message if hint is None else f"{message}\nhint: {hint}").replace("[", "\\[")
-    stderr.print(f"[bold red]error[/]: {text}", highlight=False, markup=True, soft_wrap=True)
+    print_error(message, hint)
     if as_json:
-        _print_json({**(report or {}), "error": error_object(code, message, hint, locations)})
+        print_json({**(report or {}), "error": error_object(code, message, hint, locations)})
     raise typer.Exit(code)
 
 
@@ -152,33 +176,36 @@ def _stop_signals_interrupt() -> Iterator[None]:
 
 
 def _guarded(fn, *, as_json: bool = False, writing: str = "the outputs"):
-    """Run `fn`, mapping every failure to its documented exit code (and, with --json, printing
-    the error object). `writing` names the place for a disk error that carries no path."""
-    try:
-        with _stop_signals_interrupt():
-            return fn()
-    except typer.Exit:
-        raise
-    except WandaExportError as error:
-        _fail(error.exit_code, error.message, as_json=as_json, hint=error.hint,
-              locations=getattr(error, "problems", None),
-              report=error.report if isinstance(error, GateFailure) else None)
-    except KeyboardInterrupt as error:
-        by = f" by {error.signal_name}" if isinstance(error, Interrupted) else ""
-        _fail(EXIT_INTERRUPTED, f"interrupted{by}; nothing was written", as_json=as_json)
-    except MemoryError:
-        _fail(EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen",
-              as_json=as_json)
-    except Exception as error:  # an unexpected failure is a bug: exit 1 with the traceback
-        import torch
+    """Run `fn` with stdout kept for results, mapping every failure to its documented exit code
+    (and, with --json, printing the error object). `writing` names the place for a disk error
+    that carries no path."""
+    with results_on_stdout():
+        try:
+            with _stop_signals_interrupt():
+                return fn()
+        except typer.Exit:
+            raise
+        except WandaExportError as error:
+            _fail(error.exit_code, error.message, as_json=as_json, hint=error.hint,
+                  locations=getattr(error, "problems", None),
+                  report=error.report if isinstance(error, GateFailure) else None)
+        except KeyboardInterrupt as error:
+            by = f" by {error.signal_name}" if isinstance(error, Interrupted) else ""
+            _fail(EXIT_INTERRUPTED, f"interrupted{by}; nothing was written", as_json=as_json)
+        except MemoryError:
+            _fail(EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen",
+                  as_json=as_json)
+        except Exception as error:  # noqa: BLE001 (a bug: exit 1, traceback logged below)
+            import torch
 
-        if isinstance(error, torch.OutOfMemoryError):
-            _fail(EXIT_ENVIRONMENT, f"out of GPU memory: {error}", as_json=as_json)
-        disk = disk_failure(error, writing)
-        if disk is not None:
-            _fail(EXIT_ENVIRONMENT, disk, as_json=as_json)
-        log.exception("internal error")
-        _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}", as_json=as_json)
+            if isinstance(error, torch.OutOfMemoryError):
+                _fail(EXIT_ENVIRONMENT, f"out of GPU memory: {error}", as_json=as_json)
+            disk = disk_failure(error, writing)
+            if disk is not None:
+                _fail(EXIT_ENVIRONMENT, disk, as_json=as_json)
+            log.exception("internal error")
+            _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}",
+                  as_json=as_json)
 
 
 def _cache(cache_dir: Path | None):
@@ -187,100 +214,108 @@ def _cache(cache_dir: Path | None):
     return CacheStore(cache_dir)
 
 
-def _emit(as_json: bool, payload, human: str) -> None:
-    if as_json:
-        _print_json(payload)
-    else:
-        stderr.print(human, highlight=False, soft_wrap=True)
-
-
-def _run(file: Path, out_text: str, as_json: bool, quiet: bool, cache_dir, until: str | None,
-         force: bool) -> None:
-    _setup_logging(quiet)
-
+def _command(fn, as_json: bool, quiet: bool, verbose: bool, **guard: str) -> None:
+    """Set the verbosity up, then run `fn(level)` guarded."""
     def go():
-        from wanda_export.config import load_config
+        level = verbosity(quiet, verbose)
+        setup_logging(level)
+        return fn(level)
+
+    _guarded(go, as_json=as_json, **guard)
+
+
+def _run(file: Path, out_text: str, as_json: bool, quiet: bool, verbose: bool, cache_dir,
+         until: str | None, force: bool, overrides: Overrides) -> None:
+    def go(level: int):
         from wanda_export.pipeline.outdir import parse_out
         from wanda_export.pipeline.progress import NullProgress, RichProgress
         from wanda_export.pipeline.runner import run_pipeline
 
         out = parse_out(out_text)
-        config = load_config(file)
+        config = overrides.load(file)
         if until is not None and until not in config.stage_names():
             raise ConfigError(f"the pipeline {file} has no '{until}' stage; it has: "
-                                f"{', '.join(config.stage_names())}")
-        progress = NullProgress() if quiet else RichProgress(stderr)
+                              f"{', '.join(config.stage_names())}")
+        progress = NullProgress() if level == QUIET else RichProgress(stderr)
         record = run_pipeline(config, out, cache=_cache(cache_dir), progress=progress,
                               until=until, force=force)
         failed = [gate for gate in record.gates if not gate.passed]
         lines = [f"{'passed' if not failed else 'FAILED'}: outputs in {out}"]
         lines += [f"  gate {g.name}: {'ok' if g.passed else 'FAILED'} "
                   f"(value {g.value}, threshold {g.threshold}) {g.message}" for g in record.gates]
-        human = "\n".join(lines)
         if failed:  # with --json, _guarded prints the report with the error object added
             if not as_json:
-                _emit(False, None, human)
+                emit(False, None, "\n".join(lines))
             raise GateFailure(f"{len(failed)} gate(s) failed: "
                               + ", ".join(gate.name for gate in failed), report=record.to_dict())
-        _emit(as_json, record.to_dict(), human)
+        emit(as_json, record.to_dict(), "\n".join(lines))
 
-    _guarded(go, as_json=as_json, writing=f"the release for --out {out_text}")
+    _command(go, as_json, quiet, verbose, writing=f"the release for --out {out_text}")
 
 
 @app.command()
 def run(file: FileArg, out: OutOpt = DEFAULT_OUT, json_: JsonOpt = False,
-        quiet: QuietOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False) -> None:
+        quiet: QuietOpt = False, verbose: VerboseOpt = False, cache_dir: CacheOpt = None,
+        force: ForceOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+        dtype: DtypeOpt = None) -> None:
     """Run every stage of FILE and write the release folder (exit 3 when a gate fails)."""
-    _run(file, out, json_, quiet, cache_dir, None, force)
+    _run(file, out, json_, quiet, verbose, cache_dir, None, force,
+         Overrides(set_, device, dtype))
 
 
 @app.command()
-def validate(file: FileArg, json_: JsonOpt = False) -> None:
-    """Check FILE (schema, paths, cross-stage rules) without loading a model."""
-    def go():
-        from wanda_export.config import check_against_model, load_config
+def validate(file: FileArg, json_: JsonOpt = False, quiet: QuietOpt = False,
+             verbose: VerboseOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+             dtype: DtypeOpt = None) -> None:
+    """Check FILE (schema, paths, cross-stage rules, the model's shapes) without loading
+    weights."""
+    def go(level: int):
+        from wanda_export.config import check_against_model
         from wanda_export.pipeline.runner import model_source
 
-        config = load_config(file)
+        config = Overrides(set_, device, dtype).load(file)
         source = config.model.resolved_path(config.base_dir)
         if source is None or Path(source).exists():  # local model: layer rules from its config
             check_against_model(config, model_source(config))
-        _emit(json_, {"valid": True, "file": str(file), "config_digest": config.digest(),
-                      "stages": config.stage_names()},
-              f"{file}: valid ({', '.join(config.stage_names())})")
+        emit(json_, {"valid": True, "file": str(file), "config_digest": config.digest(),
+                     "stages": config.stage_names()},
+             f"{file}: valid ({', '.join(config.stage_names())})")
 
-    _guarded(go, as_json=json_)
+    _command(go, json_, quiet, verbose)
 
 
 @app.command()
-def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
-    """List FILE's stages and whether each one's output is already in the cache."""
-    _setup_logging(True)
-
-    def go():
-        from wanda_export.config import load_config, meta_model
+def plan(file: FileArg, json_: JsonOpt = False, quiet: QuietOpt = False,
+         verbose: VerboseOpt = False, cache_dir: CacheOpt = None, set_: SetOpt = None,
+         device: DeviceOpt = None, dtype: DtypeOpt = None) -> None:
+    """List FILE's stages, the memory mode, and whether each stage's inputs are already in the
+    cache (no weights are loaded)."""
+    def go(level: int):
+        from wanda_export.config import meta_model
         from wanda_export.pipeline.plan import plan_pipeline
         from wanda_export.pipeline.runner import model_source
         from wanda_export.pipeline.streamed import decide_memory_mode
 
-        config = load_config(file)
+        config = Overrides(set_, device, dtype).load(file)
         source = model_source(config)
-        rows = plan_pipeline(config, _cache(cache_dir), source)
         skeleton = meta_model(source, revision=config.model.revision,
                               trust_remote_code=config.model.trust_remote_code)
+        rows = plan_pipeline(config, _cache(cache_dir), source, skeleton=skeleton)
         memory = decide_memory_mode(config, config.stage_names(), skeleton)
-        _emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
-              "\n".join([f"{'memory':16s} {memory.describe()}",
-                         *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))
+        emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
+             "\n".join([f"{'memory':16s} {memory.describe()}",
+                        *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))
 
-    _guarded(go, as_json=json_)
+    _command(go, json_, quiet, verbose)
 
 
 def _stage_command(stage: str, summary: str):
     def command(file: FileArg, out: OutOpt = DEFAULT_OUT, json_: JsonOpt = False,
-                quiet: QuietOpt = False, cache_dir: CacheOpt = None,
-                force: ForceOpt = False) -> None:
-        _run(file, out, json_, quiet, cache_dir, stage, force)
+                quiet: QuietOpt = False, verbose: VerboseOpt = False, cache_dir: CacheOpt = None,
+                force: ForceOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+                dtype: DtypeOpt = None) -> None:
+        _run(file, out, json_, quiet, verbose, cache_dir, stage, force,
+             Overrides(set_, device, dtype))
 
     command.__doc__ = (f"{summary} Runs FILE's stages up to and including '{stage}' "
                        "(earlier stages come from the cache when they can).")
@@ -291,31 +326,93 @@ for _stage, _model in STAGE_MODELS.items():
     _stage_command(_stage, _model.summary)
 
 
-@cache_app.command("ls")
-def cache_ls(json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
-    """List cache entries."""
-    def go():
-        entries = _cache(cache_dir).entries()
-        rows = [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "path": str(e.path),
-                 "created": e.created.isoformat() if e.created else None} for e in entries]
-        _emit(json_, rows, "\n".join(f"{r['kind']:12s} {r['key'][:16]}  {r['bytes']:>12,d} B  "
-                                     f"{r['created']}" for r in rows) or "cache is empty")
+def _entry_rows(entries) -> list[dict]:
+    return [{"kind": e.kind, "key": e.key, "bytes": e.bytes, "path": str(e.path),
+             "created": e.created.isoformat() if e.created else None,
+             "used": e.used.isoformat() if e.used else None} for e in entries]
 
-    _guarded(go, as_json=json_)
+
+def _entry_table(rows: list[dict]) -> str:
+    return "\n".join(f"{r['kind']:14s} {r['key'][:16]}  {r['bytes']:>12,d} B  {r['created']}"
+                     for r in rows)
+
+
+@cache_app.command("ls")
+def cache_ls(json_: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+             cache_dir: CacheOpt = None) -> None:
+    """List cache entries."""
+    def go(level: int):
+        rows = _entry_rows(_cache(cache_dir).entries())
+        emit(json_, rows, _entry_table(rows) or "cache is empty")
+
+    _command(go, json_, quiet, verbose)
 
 
 @cache_app.command("clear")
 def cache_clear(kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
-                json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
-    """Remove cache entries."""
-    def go():
+                json_: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+                cache_dir: CacheOpt = None) -> None:
+    """Remove cache entries (all, or one kind's)."""
+    def go(level: int):
         removed = _cache(cache_dir).clear(kind)
-        _emit(json_, {"removed": removed}, f"removed {removed} entries")
+        emit(json_, {"removed": removed}, f"removed {removed} entries")
 
-    _guarded(go, as_json=json_)
+    _command(go, json_, quiet, verbose)
+
+
+@cache_app.command("gc")
+def cache_gc(
+    max_size: Annotated[str | None, typer.Option(
+        "--max-size", metavar="SIZE", help="Keep at most this much, e.g. 20GiB or 500MB: the "
+        "least recently used entries go first.")] = None,
+    max_age: Annotated[str | None, typer.Option(
+        "--max-age", metavar="AGE", help="Remove the entries unused for longer, e.g. 30d, 12h, "
+        "2w (s, m, h, d, w).")] = None,
+    json_: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Trim the cache by age and size, least recently used first; entries in use are kept."""
+    def go(level: int):
+        if max_size is None and max_age is None:
+            raise ConfigError("cache gc needs --max-size SIZE, --max-age AGE or both")
+        removed = _cache(cache_dir).gc(_size_option(max_size), _age_option(max_age))
+        rows = _entry_rows(removed)
+        freed = sum(row["bytes"] for row in rows)
+        emit(json_, {"removed": len(rows), "bytes_freed": freed, "entries": rows},
+             "\n".join(filter(None, [_entry_table(rows),
+                                     f"removed {len(rows)} entries, {freed:,d} bytes"])))
+
+    _command(go, json_, quiet, verbose)
+
+
+def _size_option(text: str | None) -> int | None:
+    """--max-size in bytes (memory.parse_size's forms); ConfigError naming the option."""
+    from wanda_export.memory import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text.strip())
+    except ValueError as error:
+        raise ConfigError(f"--max-size: {error}") from None
+
+
+def _age_option(text: str | None) -> float | None:
+    """--max-age in seconds: a number and a unit (s, m, h, d, w); ConfigError otherwise."""
+    if text is None:
+        return None
+    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(value) * _AGE_UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"--max-age: {text!r} is not an age such as 30d, 12h, 90m or 2w "
+                          f"(units: {', '.join(_AGE_UNITS)})")
+    return seconds
 
 
 @app.command()
-def version() -> None:
+def version(json_: JsonOpt = False) -> None:
     """Print the version."""
-    sys.stdout.write(f"wanda-export {__version__}\n")
+    emit(json_, {"version": __version__}, f"wanda-export {__version__}")

@@ -27,7 +27,12 @@ from wanda_export.sparsity.dsnot import dsnot_refine
 from wanda_export.sparsity.mask import apply_mask_, build_mask
 from wanda_export.sparsity.pattern import Pattern
 from wanda_export.sparsity.permute import Permuted
-from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS, compute_scores
+from wanda_export.sparsity.score import (
+    METHODS_NEEDING_ACTIVATIONS,
+    compute_scores,
+    importance_kept,
+    wanda_scores,
+)
 from wanda_export.sparsity.sparsegpt import sparsegpt_prune
 from wanda_export.sparsity.verify import SparsityReport, verify_layer
 
@@ -42,6 +47,7 @@ class PruneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     allocation: Allocation | None = None
     permuted: dict[str, Permuted] = field(default_factory=dict)
+    importance_kept: dict[str, float] = field(default_factory=dict)  # see `prune_targets`
 
 
 def check_pattern_fits(targets: list[Target], pattern: Pattern) -> None:
@@ -90,12 +96,14 @@ def _refines(spec: PruneSpec, name: str) -> bool:
 def prune_targets(
     targets: list[Target], spec: PruneSpec, stats: dict[str, ChannelStats] | None,
     ratios: dict[str, float] | None = None, root: nn.Module | None = None,
+    kept: dict[str, float] | None = None,
 ) -> dict[str, Permuted]:
     """Score, mask and zero each target in place (no forward passes); SparseGPT also updates
     the weights it keeps. `ratios` (layer-wise allocation) overrides `spec.sparsity` per target.
     With `spec.permute`, `root` (the module the target names are relative to) is searched for
     the producers a permutation is folded into; returns what was folded into each permuted
-    target.
+    target. `kept`, when given, receives each target's share of importance the mask keeps
+    (`importance_kept`): it tells layers apart even when every layer is pruned alike.
 
     Targets are independent once permuted, so they run on a small thread pool (torch and numpy
     release the GIL); each result depends only on its own weight and statistics, so the outcome
@@ -116,8 +124,12 @@ def prune_targets(
         if spec.method == "sparsegpt":
             if entry is None or entry.xtx is None:
                 raise ValueError(f"sparsegpt needs the input Hessian of {target.name}")
+            importance = (wanda_scores(weight, torch.diagonal(entry.xtx)) if kept is not None
+                          else None)
             weight.copy_(sparsegpt_prune(weight, entry.xtx, sparsity, pattern, spec.block_size,
                                          spec.dampening))
+            if importance is not None:
+                kept[target.name] = importance_kept(importance, weight == 0)
             return
         scores = _scores(spec, weight, entry)
         mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
@@ -129,6 +141,8 @@ def prune_targets(
                                 iterations=spec.refine_iterations,
                                 threshold=spec.refine_threshold,
                                 variance_power=spec.refine_variance_power)
+        if kept is not None:
+            kept[target.name] = importance_kept(scores, mask)
         apply_mask_(weight, mask)
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
@@ -161,12 +175,14 @@ def prune_model(
     still-dense weights (OWL in sequential mode then costs one extra dense calibration pass).
     """
     targets = spec.targets_of(model)
+    names = [target.name for target in targets]
     pattern = spec.parsed_pattern
     check_pattern_fits(targets, pattern)
     seconds: dict[str, float] = {}
     if spec.needs_calibration and stats is None and windows is None:
         raise ValueError(f"method {spec.method!r} needs calibration windows or statistics")
     dense_first = not spec.calibrates_sequentially or stats is not None
+    kept: dict[str, float] = {}
 
     def timed(label: str, work: Callable[[], object]):
         start = time.perf_counter()
@@ -187,7 +203,8 @@ def prune_model(
 
     permuted: dict[str, Permuted] = {}
     if dense_first:
-        permuted = timed("score_mask", lambda: prune_targets(targets, spec, stats, ratios, model))
+        permuted = timed("score_mask", lambda: prune_targets(targets, spec, stats, ratios, model,
+                                                             kept))
     else:
         by_layer: dict[int, list[Target]] = {}
         for target in targets:
@@ -195,11 +212,12 @@ def prune_model(
 
         def prune_layer(index: int, layer_stats: dict[str, ChannelStats]) -> None:
             permuted.update(timed("score_mask", lambda: prune_targets(
-                by_layer[index], spec, layer_stats, ratios, model)))
+                by_layer[index], spec, layer_stats, ratios, model, kept)))
 
         stats = timed("calibrate", lambda: calibrate_sequential(
             model, windows, targets, prune_layer, spec.batch_size, on_progress,
             spec.needs_hessian))
         seconds["calibrate"] -= seconds["score_mask"]
 
-    return PruneResult(verify_targets(targets, pattern), stats, seconds, allocation, permuted)
+    return PruneResult(verify_targets(targets, pattern), stats, seconds, allocation, permuted,
+                       {name: kept[name] for name in names if name in kept})

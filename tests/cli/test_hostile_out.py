@@ -186,7 +186,7 @@ def test_json_error_object_on_every_exit_2(workdir, write_pipeline, monkeypatch)
     assert result.exit_code == 2
     (location,) = json.loads(result.stdout)["error"]["locations"]
     assert location["path"] == "stages -> mask -> sparsity" and location["line"] == 9
-    assert set(location) == {"path", "line", "column", "message"}
+    assert set(location) == {"path", "line", "column", "origin", "message"}
 
 
 def test_the_out_rules_are_checked_before_the_model_loads(workdir, write_pipeline, monkeypatch):

@@ -24,11 +24,13 @@ from helpers import invoke
 GOLDEN = Path(__file__).parents[1] / "golden" / "report_keys.json"
 UPDATE = "WANDA_EXPORT_UPDATE_GOLDEN"
 # objects keyed by data (layer, runtime, file names): their entries are merged under "*"
-DATA_KEYED = {"sparsity.layers", "sparsity.allocation.layers", "metrics.latency.runtimes",
+DATA_KEYED = {"sparsity.layers", "sparsity.allocation.layers", "sparsity.importance_kept", "metrics.latency.runtimes",
               "metrics.latency.comparison.speedup", "metrics.sizes.files",
               "stages[].detail.speedup", "stages[].detail.unavailable"}
-# version strings that are null on a machine without the library or device (CUDA on a CPU box)
-MACHINE_DEPENDENT = "metrics.latency.runtimes.*.versions."
+# version strings that are null on a machine without the library or device (CUDA on a CPU box),
+# wanda-export's commit (null outside a git checkout), the GPU's name (null without one)
+MACHINE_DEPENDENT = ("metrics.latency.runtimes.*.versions.", "versions.")
+MACHINE_DEPENDENT_KEYS = {"host.gpu"}
 SIZE = re.compile(r"\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)\b")
 
 PIPELINE: dict[str, Any] = {
@@ -90,7 +92,9 @@ def headings(markdown: str) -> list[str]:
 def expectation(out: Path) -> dict[str, Any]:
     """What the golden file holds for the outputs in `out`."""
     report = json.loads((out / "report.json").read_text())
-    tree = {path: "null|str" if path.startswith(MACHINE_DEPENDENT) else "|".join(sorted(types))
+    varies = (lambda path: path.startswith(MACHINE_DEPENDENT)
+              or path in MACHINE_DEPENDENT_KEYS)
+    tree = {path: "null|str" if varies(path) else "|".join(sorted(types))
             for path, types in key_tree(report).items()}
     return {"report_json": tree, "gate_names": [gate["name"] for gate in report["gates"]],
             "summary_md_headings": headings((out / "summary.md").read_text())}

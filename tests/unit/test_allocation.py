@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -152,7 +154,7 @@ def test_magnitude_with_owl_needs_one_dense_pass_not_a_sequential_one(tiny_model
     def no_sequential(*args, **kwargs):
         raise AssertionError("magnitude scores do not depend on pruned upstream layers")
 
-    monkeypatch.setattr("wanda_export.prune.calibrate_sequential", no_sequential)
+    monkeypatch.setattr(sys.modules["wanda_export.prune"], "calibrate_sequential", no_sequential)
     sequential = tiny_model("llama")
     prune_model(sequential, PruneSpec(method="magnitude", sparsity=0.6, allocation="owl",
                                       mode="sequential"), WINDOWS)

@@ -393,7 +393,8 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
     assert caught.value.exit_code == EXIT_CONFIG
     assert caught.value.problems == [
-        {"path": "", "line": None, "column": None, "message": "no such pipeline file"}
+        {"path": "", "line": None, "column": None, "origin": None,
+         "message": "no such pipeline file"}
     ]
 
 
@@ -714,13 +715,12 @@ def test_every_sample_config_validates(path: Path) -> None:
 
 
 def test_prune_spec_refuses_what_the_pipeline_file_refuses():
-    from pydantic import ValidationError
-
+    from wanda_export.config.prune_spec import SettingsError
     from wanda_export.prune import PruneSpec
 
-    with pytest.raises(ValidationError, match="pattern 2:4 means sparsity 0.5"):
+    with pytest.raises(SettingsError, match="pattern 2:4 means sparsity 0.5"):
         PruneSpec(pattern="2:4", sparsity=0.6)
-    with pytest.raises(ValidationError, match="only allocation 'owl' takes 'owl_m'"):
+    with pytest.raises(SettingsError, match="only allocation 'owl' takes 'owl_m'"):
         PruneSpec(owl_m=3.0)
     spec = PruneSpec(pattern="2:4", include=("model.layers.0.*",))
     assert spec.sparsity == 0.5 and spec.include == ["model.layers.0.*"]

@@ -54,7 +54,9 @@ def test_the_checks_then_the_configured_gates_come_from_one_place_in_order():
     verify, onnx, fp16, minimum = results
     assert (verify.passed, verify.value, verify.threshold) == (False, 1, 0)
     assert verify.message == "pattern 2:4 violated in: a.1_proj"
-    assert (onnx.passed, onnx.value, onnx.message) == (True, 0, "")
+    assert (onnx.passed, onnx.value) == (True, 0)
+    assert onnx.message == ("all 2 pruned weights found in onnx/model.onnx, 2:4 along K "
+                            "(0 failures allowed)")
     assert not fp16.passed and fp16.value == 1
     assert fp16.message == "pruned weights missing or not 2:4 along K in: a.q_proj (no initializer)"
     assert minimum.passed and minimum.value == 0.5
@@ -130,7 +132,8 @@ def test_to_dict_puts_each_measurement_in_its_report_json_place():
     record.metrics.perplexity = PerplexityMetrics(pruned=12.0, windows=4)
     record.sparsity = verified_record(GOOD).sparsity
     data = record.to_dict()
-    assert list(data) == ["schema_version", "tool_version", "config_digest", "model", "plan",
+    assert list(data) == ["schema_version", "tool_version", "created", "config_digest", "config",
+                          "versions", "host", "model", "plan",
                           "stages", "sparsity", "metrics", "latency", "gates", "artifacts",
                           "status", "exit_code"]
     assert list(data["sparsity"]) == ["pattern", "target", "overall", "valid", "layers"]
@@ -143,7 +146,7 @@ def test_to_dict_puts_each_measurement_in_its_report_json_place():
                               "comparison"]
     onnx_row, _, torch_row = measured["results"]
     assert list(onnx_row) == ["runtime", "variant", "shape", "provider", "p50_ms", "p95_ms",
-                              "mean_ms", "min_ms", "iterations", "warmup"]
+                              "mean_ms", "min_ms", "iterations", "warmup", "p25_ms", "p75_ms"]
     assert list(torch_row)[3:5] == ["device", "dtype"]
     assert measured["comparison"]["speedup"] == {"onnxruntime-cpu decode:1x1@8": 2.0,
                                                  "torch decode:1x1@8": None}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from wanda_export.bench.runtimes import Availability
 from wanda_export.config.gates import GatesConfig, PerplexityGate, SparsityGate
 from wanda_export.evaluate.parity import ParityResult
 from wanda_export.report import (
@@ -29,7 +30,7 @@ from wanda_export.report import (
     write_report_json,
     write_summary_md,
 )
-from wanda_export.report.metrics import PerplexityMetrics, SparsityRecord
+from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
 from wanda_export.sparsity.verify import LayerSparsity, SparsityReport
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -312,14 +313,18 @@ def test_collect_artifacts_refuses_a_missing_directory_and_escaping_paths(tmp_pa
         hash_artifacts(tmp_path, [("../secret", "x")])
 
 
-def test_junit_counts_and_failures(tmp_path: Path):
+def test_junit_counts_gates_and_runtimes_and_keeps_stages_as_properties(tmp_path: Path):
     record = finished_record(perplexity={"dense": 10.0, "pruned": 13.0})
     record.stages.append(StageRecord("benchmark", "skipped"))
+    record.metrics.latency = LatencyMetrics(threads=1, warmup=1, iterations=3, runtimes={
+        "torch": Availability("torch", True, "", "cpu", None, {}),
+        "onnxruntime-cuda": Availability("onnxruntime-cuda", False, "no CUDA provider", "cuda",
+                                         "CUDAExecutionProvider", {})})
     suite = ET.parse(write_junit(record, tmp_path / "junit.xml")).getroot()
     assert suite.tag == "testsuite" and suite.get("name") == "wanda-export gates"
-    assert suite.get("tests") == str(3 + 5)
+    assert suite.get("tests") == str(3 + 2)
     assert (
-        suite.get("failures") == "2" and suite.get("errors") == "0" and suite.get("skipped") == "1"
+        suite.get("failures") == "1" and suite.get("errors") == "0" and suite.get("skipped") == "1"
     )
     gate_cases = suite.findall("testcase[@classname='gates']")
     assert [c.get("name") for c in gate_cases] == [
@@ -333,12 +338,15 @@ def test_junit_counts_and_failures(tmp_path: Path):
     failure = failed[0].find("failure")
     assert "1.3" in failure.get("message")
     assert failure.text == "value=1.3, threshold=1.2"
-    stages = {c.get("name"): c for c in suite.findall("testcase[@classname='stages']")}
-    assert (
-        stages["calibrate"].get("time") == "1.250" and stages["calibrate"].find("failure") is None
-    )
-    assert stages["export"].find("failure").get("message") == "disk full"
-    assert stages["benchmark"].find("skipped") is not None
+    runtimes = {c.get("name"): c for c in suite.findall("testcase[@classname='runtimes']")}
+    assert runtimes["torch"].find("skipped") is None
+    assert runtimes["onnxruntime-cuda"].find("skipped").get("message") == (
+        "unavailable: no CUDA provider")
+    assert suite.findall("testcase[@classname='stages']") == []
+    properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert properties["stage.calibrate"] == "ok 1.250s"
+    assert properties["stage.export"].startswith("failed ")
+    assert properties["stage.benchmark"] == "skipped 0.000s"
 
 
 def test_junit_without_gates_or_stages_is_still_valid(tmp_path: Path):

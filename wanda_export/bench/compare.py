@@ -21,6 +21,17 @@ class ComparisonRow:
     dense_p95_ms: float | None
     sparse_p95_ms: float | None
     speedup: float | None
+    # dense p25 / sparse p75 .. dense p75 / sparse p25: the speedups the quartiles allow
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+
+    @property
+    def within_noise(self) -> bool | None:
+        """Whether the speedup's interval contains 1.0 (no measurable difference); None
+        without quartiles."""
+        if self.speedup_low is None or self.speedup_high is None:
+            return None
+        return self.speedup_low <= 1.0 <= self.speedup_high
 
     def to_dict(self) -> dict:
         """The fields as a JSON-able dict."""
@@ -42,12 +53,15 @@ def compare(dense: Mapping[Key, LatencyStats],
     for runtime, shape in keys:
         d, s = dense.get((runtime, shape)), sparse.get((runtime, shape))
         d50, s50 = (d.p50_ms if d else None), (s.p50_ms if s else None)
+        low = high = None
+        if d is not None and s is not None:
+            low, high = speedup(d.p25_ms, s.p75_ms), speedup(d.p75_ms, s.p25_ms)
         rows.append(ComparisonRow(runtime, str(shape), d50, s50, d.p95_ms if d else None,
-                                  s.p95_ms if s else None, speedup(d50, s50)))
+                                  s.p95_ms if s else None, speedup(d50, s50), low, high))
     return rows
 
 
 def comparison_dict(rows: Sequence[ComparisonRow]) -> dict:
     """JSON-able summary: the rows, and the speedups keyed "runtime shape" for quick reading."""
-    return {"rows": [row.to_dict() for row in rows],
+    return {"rows": [{**row.to_dict(), "within_noise": row.within_noise} for row in rows],
             "speedup": {f"{row.runtime} {row.shape}": row.speedup for row in rows}}

@@ -19,6 +19,8 @@ class LatencyStats:
     min_ms: float
     iterations: int
     warmup: int
+    p25_ms: float | None = None  # the quartiles: the spread a speedup's interval comes from
+    p75_ms: float | None = None
 
     def to_dict(self) -> dict:
         """The fields as a JSON-able dict."""
@@ -31,9 +33,10 @@ def latency_stats(seconds: Sequence[float], warmup: int) -> LatencyStats:
     if not seconds:
         raise ValueError("latency_stats needs at least one timed call")
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    p50, p95 = np.percentile(ms, [50, 95], method="linear")
+    p25, p50, p75, p95 = np.percentile(ms, [25, 50, 75, 95], method="linear")
     return LatencyStats(p50_ms=float(p50), p95_ms=float(p95), mean_ms=float(ms.mean()),
-                        min_ms=float(ms.min()), iterations=len(ms), warmup=warmup)
+                        min_ms=float(ms.min()), iterations=len(ms), warmup=warmup,
+                        p25_ms=float(p25), p75_ms=float(p75))
 
 
 def time_callable(fn: Callable[[], object], warmup: int, iterations: int,
@@ -68,5 +71,9 @@ def per_call(stats: LatencyStats, calls: int) -> LatencyStats:
     """
     if calls < 1:
         raise ValueError(f"calls must be >= 1, got {calls}")
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else value / calls
+
     return replace(stats, p50_ms=stats.p50_ms / calls, p95_ms=stats.p95_ms / calls,
-                   mean_ms=stats.mean_ms / calls, min_ms=stats.min_ms / calls)
+                   mean_ms=stats.mean_ms / calls, min_ms=stats.min_ms / calls,
+                   p25_ms=scaled(stats.p25_ms), p75_ms=scaled(stats.p75_ms))

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class CacheEntryInfo:
     bytes: int
     created: datetime | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    used: datetime | None = None  # last read by a run (the entry folder's mtime), for `cache gc`
 
 
 def read_entry(entry: Path, kind: str, key: str) -> tuple[Tensors | None, str | None]:
@@ -104,6 +105,7 @@ def entry_info(entry: Path, kind: str, key: str) -> CacheEntryInfo | None:
     metadata = manifest.get("metadata")
     try:
         size = sum(path.stat().st_size for path in entry.iterdir() if path.is_file())
+        used = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
     except OSError:
         return None
     return CacheEntryInfo(
@@ -113,6 +115,7 @@ def entry_info(entry: Path, kind: str, key: str) -> CacheEntryInfo | None:
         bytes=size,
         created=created,
         metadata=metadata if isinstance(metadata, dict) else {},
+        used=used,
     )
 
 

@@ -61,6 +61,7 @@ PIPELINE_KINDS = (ALPHAS, CALIBRATION, PERPLEXITY, STREAM_HIDDEN, STREAM_LAYER)
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _KEY = re.compile(r"[0-9a-f]{64}")
 _TEMP_MARKERS = (".tmp-", ".trash-")
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 log = logging.getLogger("wanda_export.cache")
 
@@ -106,6 +107,8 @@ class CacheStore:
         if problem is not None:
             log.warning("discarding cache entry %s/%s at %s: %s", kind, key, entry, problem)
             _discard(entry)
+        if tensors is not None:
+            _mark_used(entry)
         return tensors
 
     def contains(self, kind: str, key: str) -> bool:
@@ -191,6 +194,40 @@ class CacheStore:
             for bucket in _subdirs(kind_dir):
                 self._sweep(kind_dir.name, bucket, only_key=None)
         return removed
+
+    def gc(self, max_bytes: int | None = None, max_age: float | None = None,
+           now: float | None = None) -> list[CacheEntryInfo]:
+        """Remove the entries unused for more than `max_age` seconds, then the least recently
+        used ones until the rest take at most `max_bytes`; return those removed.
+
+        Each removal is atomic (renamed away, then deleted) and takes its key's lock without
+        waiting: an entry that a process is writing is skipped (and still counted in the
+        size). Abandoned temp dirs are swept as `clear` sweeps them.
+        """
+        now = time.time() if now is None else now
+        entries = sorted(self.entries(), key=lambda info: info.used or info.created or _EPOCH)
+        total, removed = sum(info.bytes for info in entries), []
+        for info in entries:
+            used = (info.used or _EPOCH).timestamp()
+            too_old = max_age is not None and now - used > max_age
+            if not too_old and (max_bytes is None or total <= max_bytes):
+                continue
+            if self._remove_unlocked(info):
+                removed.append(info)
+                total -= info.bytes
+        for kind_dir in self._kind_dirs(None):
+            for bucket in _subdirs(kind_dir):
+                self._sweep(kind_dir.name, bucket, only_key=None)
+        return removed
+
+    def _remove_unlocked(self, info: CacheEntryInfo) -> bool:
+        """Remove an entry if no process holds its key's lock; whether it was removed."""
+        try:
+            with FileLock(str(self.lock_path(info.kind, info.key)), timeout=0):
+                return _discard(info.path)
+        except Timeout:
+            log.info("cache entry %s/%s is in use; kept", info.kind, info.key)
+            return False
 
     def kinds(self) -> list[str]:
         """The kinds a user may name: the pipeline's and every kind with entries on disk."""
@@ -346,6 +383,15 @@ def _discard(entry: Path) -> bool:
         return False
     shutil.rmtree(trash, ignore_errors=True)
     return True
+
+
+def _mark_used(entry: Path) -> None:
+    """Record a read as the entry folder's mtime (the contents stay untouched), for `gc`'s
+    least-recently-used order; a read-only cache is left as it is."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
 
 
 def _subdirs(directory: Path, hidden: bool = False) -> list[Path]:

@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 Loc = tuple[str | int, ...]
 
 CONFIG_ERROR = "wanda_config"
+_PLAIN_MESSAGES = {
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+}
 RULES_ERROR = "pipeline_rules"
 _SHOWN_BITS = 200  # longer integers (about 60 digits) are described by their length
 
@@ -93,3 +104,25 @@ def only_with(fields: BaseModel, keys: tuple[str, ...], condition: bool, owner: 
     return [problem((key,), f"only {owner} takes {key!r}", at_key=True) for key in keys
             if getattr(fields, key) != defined[key].get_default(call_default_factory=True)]
 
+
+def readable_errors(error: ValidationError, unknown_key: Callable[[Loc], str]
+                    ) -> list[tuple[Loc, str, bool]]:
+    """Every pydantic error as (location, readable message, whether it points at the key): the
+    rules' own problems expanded, `unknown_key(loc)` for a key not allowed, the value described
+    as YAML shows it. The pipeline file's loader and the library's settings both report so."""
+    found: list[tuple[Loc, str, bool]] = []
+    for item in error.errors(include_url=False):
+        loc, kind = tuple(item["loc"]), item["type"]
+        if kind == RULES_ERROR:
+            found += [((*loc, *p["loc"]), p["message"], p["at_key"])
+                      for p in item["ctx"]["problems"]]
+        elif kind == "extra_forbidden":
+            found.append((loc, unknown_key(loc), True))
+        elif kind == "missing":
+            found.append((loc, "this required key is missing", False))
+        elif kind == CONFIG_ERROR:
+            found.append((loc, item["msg"], False))
+        else:
+            message = _PLAIN_MESSAGES.get(kind, item["msg"].removeprefix("Value error, "))
+            found.append((loc, f"{message}, got {describe_value(item['input'])}", False))
+    return found

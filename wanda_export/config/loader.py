@@ -22,120 +22,36 @@ linear in the file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from wanda_export.config.base import CONFIG_ERROR, RULES_ERROR, Loc, describe_value
+from wanda_export.config.base import readable_errors
 from wanda_export.config.inputs import ModelConfig, resolve_data_path
+from wanda_export.config.overrides import Override, overridden
 from wanda_export.config.pipeline import PipelineConfig, unknown_key_message
+from wanda_export.config.problems import Locations, Problem, config_error
 from wanda_export.config.yaml_reader import (
     MAX_YAML_DEPTH,
     MAX_YAML_NODES,
     BoundedLoader,
     LimitError,
-    depth_message,
-    expansion,
-    size_message,
+    compose_bounded,
 )
 from wanda_export.errors import ConfigError
 
 # Limits on a pipeline file: real ones are a few kilobytes with fewer than 1,000 values, a
 # handful of aliases and about 5 levels of nesting.
 MAX_PIPELINE_BYTES = 1 << 20
-_PLAIN_MESSAGES = {
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-    "string_type": "expected a string",
-    "int_type": "expected an integer",
-    "float_type": "expected a number",
-    "bool_type": "expected true or false",
-}
 
 
-@dataclass
-class Locations:
-    """1-based (line, column) of every YAML node, by its path of keys and list indices.
-
-    `values` holds where each value starts, `keys` where the key naming it starts.
-    """
-
-    values: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
-    keys: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
-
-    def find(self, loc: Loc, *, at_key: bool = False) -> tuple[int, int] | None:
-        """The position of `loc`; of its key if `at_key`; of the nearest existing parent's key
-        when `loc` itself is not in the file (a missing key)."""
-        path = tuple(str(part) for part in loc)
-        if path in self.values:
-            return self.keys.get(path, self.values[path]) if at_key else self.values[path]
-        while path:
-            path = path[:-1]
-            if path in self.values:
-                return self.keys.get(path, self.values[path])
-        return None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reported mistake; `loc` is a path of YAML keys and indices."""
-
-    loc: Loc
-    message: str
-    at_key: bool = False
-    position: tuple[int, int] | None = None
-
-
-def render_path(loc: Loc) -> str:
-    """`stages -> mask -> sparsity`: list indices of stage items are left out when a stage
-    name follows (each stage appears once), other indices are kept as numbers."""
-    parts = [
-        str(part)
-        for i, part in enumerate(loc)
-        if not (isinstance(part, int) and i > 0 and loc[i - 1] == "stages" and i + 1 < len(loc))
-    ]
-    return " -> ".join(parts)
-
-
-def config_error(
-    source: str, problems: list[Problem], locations: Locations | None = None
-) -> ConfigError:
-    """One ConfigError listing every problem as `SOURCE:LINE:COL: path: message`, sorted by
-    position, with a count on the first line and the structured list as `.problems`."""
-    rows = []
-    for item in problems:
-        position = item.position
-        if position is None and locations is not None:
-            position = locations.find(item.loc, at_key=item.at_key)
-        line, column = position if position else (None, None)
-        rows.append(
-            {
-                "path": render_path(item.loc),
-                "line": line,
-                "column": column,
-                "message": item.message,
-            }
-        )
-    rows.sort(key=lambda row: (row["line"] or 0, row["column"] or 0))
-    count = f"{len(rows)} error{'s' if len(rows) != 1 else ''}"
-    lines = [f"{source}: {count} in the pipeline file"]
-    for row in rows:
-        where = f"{source}:{row['line']}:{row['column']}" if row["line"] else source
-        what = f"{row['path']}: {row['message']}" if row["path"] else row["message"]
-        lines.append(f"{where}: {what}")
-    error = ConfigError("\n".join(lines))
-    error.problems = rows  # type: ignore[attr-defined]
-    return error
-
-
-def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate the pipeline file at `path`; relative paths in it are relative to its
-    folder. Raises ConfigError (exit code 2) listing every problem found."""
+def load_config(path: str | Path, overrides: Sequence[str | Override] = ()) -> PipelineConfig:
+    """Read and validate the pipeline file at `path` with `overrides` (`mask.sparsity=0.6`,
+    config/overrides.py) applied; relative paths in it are relative to its folder. Raises
+    ConfigError (exit code 2) listing every problem found."""
     file = Path(path).expanduser()
     try:
         with file.open("rb") as handle:
@@ -158,7 +74,8 @@ def load_config(path: str | Path) -> PipelineConfig:
     except OSError as exc:
         message = f"cannot read the pipeline file: {exc.strerror or exc}"
         raise config_error(str(file), [Problem((), message)]) from None
-    return parse_config(text, source=str(file), base_dir=file.resolve().parent)
+    return parse_config(text, source=str(file), base_dir=file.resolve().parent,
+                        overrides=overrides)
 
 
 def _too_large(size: int | None) -> str:
@@ -169,9 +86,11 @@ def _too_large(size: int | None) -> str:
     return f"the pipeline file {what}; a pipeline file holds a few kilobytes of settings"
 
 
-def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> PipelineConfig:
-    """Validate pipeline YAML `text`; `source` names it in messages, `base_dir` anchors its
-    relative paths. Every problem is collected before one ConfigError is raised."""
+def parse_config(text: str, *, source: str = "<string>", base_dir: Path,
+                 overrides: Sequence[str | Override] = ()) -> PipelineConfig:
+    """Validate pipeline YAML `text` with `overrides` applied; `source` names it in messages,
+    `base_dir` anchors its relative paths. Every problem is collected before one ConfigError is
+    raised; a problem with an overridden value is located at its `--set KEY`."""
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > MAX_PIPELINE_BYTES:
         raise config_error(source, [Problem((), _too_large(size))])
@@ -184,6 +103,9 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> Pipe
             f"got a {type(data).__name__}"
         )
         raise config_error(source, [Problem((), message)], locations)
+    if overrides:
+        data, origins = overridden(data, overrides, source=source)
+        locations.overrides.update(origins)
     problems += _path_problems(data, Path(base_dir))
     config = None
     try:
@@ -205,14 +127,9 @@ def _read_yaml(text: str, source: str) -> tuple[Any, Any, list[Problem], Locatio
     loader = None
     try:
         loader = BoundedLoader(text)
-        node = loader.get_single_node()
+        node = compose_bounded(loader)
         locations, problems = Locations(), []
         if node is not None:
-            size, depth = expansion(node)
-            if size > MAX_YAML_NODES:
-                raise LimitError(size_message(), None)
-            if depth > MAX_YAML_DEPTH:
-                raise LimitError(depth_message(), None)
             _index_nodes(node, (), None, locations, problems)
         data = loader.construct_document(node) if node is not None else None
     except LimitError as exc:
@@ -301,24 +218,8 @@ def _index_nodes(
 
 def validation_problems(error: ValidationError) -> list[Problem]:
     """Turn every pydantic error into a Problem at its YAML path, with a readable message."""
-    problems = []
-    for item in error.errors(include_url=False):
-        loc, kind = tuple(item["loc"]), item["type"]
-        if kind == RULES_ERROR:
-            problems += [
-                Problem((*loc, *p["loc"]), p["message"], p["at_key"])
-                for p in item["ctx"]["problems"]
-            ]
-        elif kind == "extra_forbidden":
-            problems.append(Problem(loc, unknown_key_message(loc), at_key=True))
-        elif kind == "missing":
-            problems.append(Problem(loc, "this required key is missing"))
-        elif kind == CONFIG_ERROR:
-            problems.append(Problem(loc, item["msg"]))
-        else:
-            message = _PLAIN_MESSAGES.get(kind, item["msg"].removeprefix("Value error, "))
-            problems.append(Problem(loc, f"{message}, got {describe_value(item['input'])}"))
-    return problems
+    return [Problem(loc, message, at_key)
+            for loc, message, at_key in readable_errors(error, unknown_key_message)]
 
 
 def _path_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:

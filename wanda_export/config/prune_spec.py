@@ -4,21 +4,39 @@ calibrate, score and mask stage models, so its defaults, bounds and rules are th
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, ValidationError, model_validator
 
-from wanda_export.config.base import problem, rules_error
+from wanda_export.config.base import Loc, problem, readable_errors, rules_error
 from wanda_export.config.inputs import CalibrationBatch
 from wanda_export.config.stages import CalibrateStage, MaskStage, ScoreStage, refine_problem
+from wanda_export.errors import ConfigError, did_you_mean
 from wanda_export.sparsity.pattern import Pattern, parse_pattern
-from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
 
 # The papers' comparison group of unstructured masks per method: Wanda compares within each
 # output row, magnitude within the layer (so does RIA's reference code: its relative importance
 # already normalises rows and columns); SparseGPT chooses its mask per block of columns.
 METHOD_GROUPS = {"wanda": "row", "magnitude": "layer", "sparsegpt": "column-block",
                  "ria": "layer"}
+
+
+class SettingsError(ConfigError, ValueError):
+    """Settings refused in Python (`PruneSpec`, `prune`): the CLI's ConfigError with the same
+    messages, and a ValueError as Python code expects of a bad argument."""
+
+    @classmethod
+    def of(cls, owner: str, error: ValidationError, allowed: list[str]) -> SettingsError:
+        """Every problem of `error` as `owner: N error(s)` then one `key: message` per line."""
+        def unknown(loc: Loc) -> str:
+            key = str(loc[-1])
+            return (f"unknown setting {key!r}; allowed: {', '.join(allowed)}"
+                    + did_you_mean(key, allowed))
+
+        rows = [f"{'.'.join(map(str, loc))}: {message}" if loc else message
+                for loc, message, _ in readable_errors(error, unknown)]
+        count = f"{len(rows)} error{'s' if len(rows) != 1 else ''}"
+        return cls("\n".join([f"{owner}: {count} in the settings", *rows]))
 
 
 class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
@@ -28,6 +46,15 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
     are converted where that loses nothing (a tuple of globs, an integer sparsity)."""
 
     model_config = ConfigDict(strict=False)
+
+    def __init__(self, **settings: Any) -> None:
+        """Validate `settings`; refused ones raise `SettingsError` with the pipeline file's
+        messages (a ConfigError, exit code 2, and a ValueError)."""
+        try:
+            super().__init__(**settings)
+        except ValidationError as error:
+            raise SettingsError.of(type(self).__name__, error, list(type(self).model_fields)
+                                   ) from None
 
     @model_validator(mode="after")
     def _refine_fits_the_method(self) -> Self:
@@ -66,8 +93,7 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
         """Whether the layers' own scores, reconstruction or refinement use activation
         statistics (Wanda, RIA, SparseGPT, DSnoT); magnitude alone needs none (OWL's ratios are
         measured beforehand)."""
-        return (self.method in METHODS_NEEDING_ACTIVATIONS or self.needs_hessian
-                or self.needs_means)
+        return _reads_activations(self.method) or self.needs_hessian or self.needs_means
 
     @property
     def score_settings(self) -> dict[str, float]:
@@ -81,3 +107,11 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
         the layers' own scores or reconstruction use statistics (magnitude with OWL needs the
         dense model's statistics alone)."""
         return self.mode == "sequential" and self.prunes_from_statistics
+
+
+def _reads_activations(method: str) -> bool:
+    """Whether `method`'s scores read activation statistics (imported here: sparsity.score
+    imports torch, which validating a config does not need)."""
+    from wanda_export.sparsity.score import METHODS_NEEDING_ACTIVATIONS
+
+    return method in METHODS_NEEDING_ACTIVATIONS

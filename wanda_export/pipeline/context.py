@@ -42,6 +42,7 @@ class RunContext:
     allocation_inputs: dict[str, str] = field(default_factory=dict)  # cache hit/miss per input
     pruned_in_calibration: bool = False  # a sequential calibration miss pruned as it went
     permuted: dict[str, Permuted] = field(default_factory=dict)  # folded, by linear
+    importance_kept: dict[str, float] = field(default_factory=dict)  # per target, when pruned
     dense_weights: dict[str, torch.Tensor] | None = None  # kept for the benchmark's baseline
     onnx_export: tuple[Path, OnnxVerification] | None = None  # model.onnx and its layer map
     availability: dict[str, Availability] = field(default_factory=dict)  # benchmark runtimes

@@ -25,7 +25,7 @@ from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
 from wanda_export.memory import return_freed_memory
-from wanda_export.model.loading import LoadedModel, classify_path, load_model
+from wanda_export.model.loading import LoadedModel, classify_path, load_model, model_name
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
 from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
@@ -43,12 +43,15 @@ from wanda_export.report import (
     collect_artifacts,
     evaluate_gates,
     latency_chart,
+    plot_importance_kept,
     plot_layer_sparsity,
+    uniform_sparsity,
     write_junit,
     write_manifest,
     write_report_json,
     write_summary_md,
 )
+from wanda_export.report.provenance import created_now, host, versions
 from wanda_export.report.record import RunRecord, StageRecord
 
 log = logging.getLogger("wanda_export.pipeline")
@@ -106,7 +109,10 @@ def _load(config: PipelineConfig, streaming: bool
 def _write_outputs(ctx: RunContext) -> None:
     record, staging = ctx.record, ctx.staging
     charts = {}
-    if record.sparsity is not None:
+    if record.sparsity is not None and uniform_sparsity(record) and plot_importance_kept(
+            record, staging / "charts" / "importance.png") is not None:
+        charts["per-layer importance kept"] = "charts/importance.png"
+    elif record.sparsity is not None:
         chart = plot_layer_sparsity(record, staging / "charts" / "sparsity.png")
         if chart is not None:
             charts["per-layer sparsity"] = "charts/sparsity.png"
@@ -156,11 +162,14 @@ def run_pipeline(
         unsupported_gates(config)
         return_freed_memory()
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
-        record = RunRecord(tool_version=__version__, config_digest=config.digest())
+        record = RunRecord(tool_version=__version__, config_digest=config.digest(),
+                           created=created_now(), config=config.resolved_dump(),
+                           versions=versions(), host=host())
         start = time.perf_counter()
         loaded, checkpoint = _load(config, memory.streaming)
         record.stages.append(StageRecord("load", seconds=round(time.perf_counter() - start, 3)))
         record.model = {
+            "name": model_name(loaded.kind, loaded.source),
             "source": loaded.source, "kind": loaded.kind, "fingerprint": loaded.fingerprint,
             "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
             "architecture": type(loaded.model).__name__,

@@ -57,9 +57,9 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
                 result = prune_model(ctx.loaded.model, spec, windows, allocation=allocation,
                                      on_progress=lambda _index: advance(1))
             ctx.permuted = result.permuted
-            stats = result.stats
             ctx.pruned_in_calibration = True
-            return stats_to_tensors(stats)
+            ctx.importance_kept = result.importance_kept
+            return stats_to_tensors(result.stats)
 
         tensors, hit = ctx.cache.get_or_compute(
             use.kind, use.key, compute, use.record,
@@ -87,7 +87,7 @@ def _record_sparsity(ctx: RunContext) -> SparsityRecord:
     ctx.record.sparsity = SparsityRecord(
         pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
         report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation,
-        permuted=ctx.permuted)
+        permuted=ctx.permuted, importance_kept=ctx.importance_kept or None)
     return ctx.record.sparsity
 
 
@@ -99,7 +99,7 @@ def run_mask(ctx: RunContext) -> StageRecord:
     allocation = ensure_allocation(ctx)
     if not ctx.pruned_in_calibration:
         ctx.permuted = prune_targets(ctx.targets, spec, ctx.stats, allocation.ratios,
-                                     ctx.loaded.model)
+                                     ctx.loaded.model, ctx.importance_kept)
     report = _record_sparsity(ctx).report
     pruned_during = "calibrate" if ctx.pruned_in_calibration else "mask"
     return StageRecord("mask", detail={"layers": len(ctx.targets), "overall": report.overall,

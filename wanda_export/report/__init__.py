@@ -2,13 +2,19 @@
 
 Stages fill the `RunRecord`'s typed measurements (`metrics.py`); `evaluate_gates` turns the
 finished record into every gate result; the writers publish it as
-report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity` and
+report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity`
+(`plot_importance_kept` for a uniform run) and
 `latency_chart` draw the optional charts (need matplotlib).
 """
 
 from __future__ import annotations
 
-from wanda_export.report.charts import latency_chart, plot_layer_sparsity
+from wanda_export.report.charts import (
+    latency_chart,
+    plot_importance_kept,
+    plot_layer_sparsity,
+    uniform_sparsity,
+)
 from wanda_export.report.gates import evaluate_gates, gate_summary
 from wanda_export.report.metrics import (
     ArtifactSizes,
@@ -27,14 +33,13 @@ from wanda_export.report.record import (
     RunRecord,
     StageRecord,
 )
+from wanda_export.report.summary import render_summary_md, write_summary_md
 from wanda_export.report.writers import (
     collect_artifacts,
     hash_artifacts,
-    render_summary_md,
     write_junit,
     write_manifest,
     write_report_json,
-    write_summary_md,
 )
 
 __all__ = [
@@ -56,8 +61,10 @@ __all__ = [
     "gate_summary",
     "hash_artifacts",
     "latency_chart",
+    "plot_importance_kept",
     "plot_layer_sparsity",
     "render_summary_md",
+    "uniform_sparsity",
     "write_junit",
     "write_manifest",
     "write_report_json",

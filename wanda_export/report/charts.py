@@ -26,6 +26,7 @@ FIGSIZE = (12.0, 4.5)
 DPI = 100
 MAX_NAMED_TICKS = 40
 MAX_BLOCK_TICKS = 32
+UNIFORM_TOLERANCE = 1e-3  # layers within this sparsity of each other are pruned alike
 _BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
@@ -47,6 +48,15 @@ def _short_names(names: list[str]) -> list[str]:
     while all(len(parts) > common + 1 for parts in split) and len({p[common] for p in split}) == 1:
         common += 1
     return [".".join(parts[common:]) for parts in split]
+
+
+def model_label(record: RunRecord) -> str:
+    """The model's public name (hub id or folder name); an older record's folder name."""
+    model = record.model or {}
+    if model.get("name"):
+        return str(model["name"])
+    source = str(model.get("source") or "default model")
+    return Path(source).name if Path(source).is_absolute() else source  # a hub id stays whole
 
 
 def _as_fraction(value: Any) -> float:
@@ -75,18 +85,10 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
         return None
 
     names = list(layers)
-    values = [layers[name].sparsity for name in names]
-    kinds = [projection_type(name) for name in names]
-    order = list(dict.fromkeys(kinds))
-
     figure = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    colors = _colors(order, colormaps["tab10" if len(order) <= 10 else "tab20"])
-    positions = list(range(len(names)))
-    for kind in order:
-        picked = [i for i in positions if kinds[i] == kind]
-        axes.bar(picked, [values[i] for i in picked], width=0.85, color=colors[kind], label=kind)
+    _layer_bars(axes, names, [layers[name].sparsity for name in names], colormaps)
 
     plan = record.plan or {}
     target = _as_fraction(plan.get("sparsity"))
@@ -106,11 +108,70 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     axes.set_ylabel("sparsity")
     axes.grid(axis="y", linewidth=0.5, alpha=0.5)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    model = record.model or {}
-    source = model.get("source") or model.get("path") or "default model"
-    source = Path(source).name if os.sep in str(source) else source  # a hub id stays whole
+    source = model_label(record)
     pattern = plan.get("pattern") or sparsity.pattern or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
+    axes.set_title(title)
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _layer_bars(axes: Any, names: list[str], values: list[float], colormaps: Any) -> None:
+    """One bar per layer in model order, colored by projection type."""
+    kinds = [projection_type(name) for name in names]
+    order = list(dict.fromkeys(kinds))
+    colors = _colors(order, colormaps["tab10" if len(order) <= 10 else "tab20"])
+    positions = list(range(len(names)))
+    for kind in order:
+        picked = [i for i in positions if kinds[i] == kind]
+        axes.bar(picked, [values[i] for i in picked], width=0.85, color=colors[kind], label=kind)
+
+
+def uniform_sparsity(record: RunRecord) -> bool:
+    """Whether every layer has the same sparsity (a uniform run: its sparsity chart would be
+    identical bars, so the importance each mask kept is drawn instead)."""
+    layers = [] if record.sparsity is None else record.sparsity.report.layers.values()
+    values = [layer.sparsity for layer in layers]
+    return bool(values) and max(values) - min(values) < UNIFORM_TOLERANCE
+
+
+def plot_importance_kept(record: RunRecord, path: str | os.PathLike[str]) -> Path | None:
+    """Draw each layer's share of importance its mask kept (Wanda |W|·‖X‖, magnitude |W|),
+    bars in model order colored by projection, with the median, to a PNG: what tells layers
+    apart when all are pruned alike. None without the measurement or without matplotlib."""
+    kept = None if record.sparsity is None else record.sparsity.importance_kept
+    if not kept:
+        return None
+    try:
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import PercentFormatter
+    except ImportError:
+        return None
+
+    names = list(kept)
+    values = [kept[name] for name in names]
+    figure = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    _layer_bars(axes, names, values, colormaps)
+    median = sorted(values)[len(values) // 2]
+    axes.axhline(median, color="black", linestyle="--", linewidth=1.0,
+                 label=f"median {median * 100:.1f}%")
+    _set_ticks(axes, names)
+    axes.set_xlim(-0.6, len(names) - 0.4)
+    axes.set_ylim(max(0.0, min(values) - 0.05), 1.0)
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_ylabel("importance kept")
+    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    method = (record.plan or {}).get("method", "")
+    title = (f"Importance kept per layer: {model_label(record)} ({record.sparsity.pattern}, "
+             f"{method} scores)").replace("$", r"\$")
     axes.set_title(title)
     figure.tight_layout()
 

@@ -108,7 +108,10 @@ def _missing(name: str, threshold: float | str, what: str) -> GateResult:
 def _verify_gate(sparsity: SparsityRecord) -> GateResult:
     """The verify stage found every target's weight at its pattern."""
     invalid = sparsity.report.invalid_layers
-    message = f"pattern {sparsity.pattern} violated in: {', '.join(invalid)}" if invalid else ""
+    layers = len(sparsity.report.layers)
+    message = (f"pattern {sparsity.pattern} violated in: {', '.join(invalid)}" if invalid else
+               f"all {layers} layers re-read from the saved weights meet pattern "
+               f"{sparsity.pattern} (0 violations allowed)")
     return GateResult(VERIFY, not invalid, len(invalid), 0, message)
 
 
@@ -116,7 +119,8 @@ def _onnx_gate(label: str, check: OnnxFileCheck) -> GateResult:
     """The pruned weights are still there, at their pattern along K, in the exported file."""
     verification = check.verification
     failures = verification.failures
-    message = "" if not failures else (
+    message = (f"all {len(verification.layers)} pruned weights found in {check.file}, "
+               f"{check.pattern} along K (0 failures allowed)") if not failures else (
         f"pruned weights missing or not {check.pattern} along K in: " + ", ".join(
             f"{name} ({verification.layers[name].initializer or 'no initializer'})"
             for name in failures))
@@ -246,8 +250,8 @@ def _parity_gates(gate: ParityGate, record: RunRecord) -> list[GateResult]:
             passed = match or not gate.generation
             results.append(GateResult(
                 PARITY_GENERATION, passed, "identical" if match else "different", "identical",
-                "" if match else f"greedy generation differs on prompts "
-                f"{parity.mismatched_prompts}"))
+                "greedy generation identical to PyTorch's on every prompt" if match else
+                f"greedy generation differs on prompts {parity.mismatched_prompts}"))
     return results
 
 

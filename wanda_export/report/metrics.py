@@ -44,10 +44,13 @@ class SparsityRecord:
     allocation: Allocation | None = None
     verified: bool = False  # the verify stage re-read the weights, so its gate applies
     permuted: dict[str, Permuted] | None = None
+    # per layer, the share of the method's importance its mask kept (in-memory runs)
+    importance_kept: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's `sparsity`: pattern, target, overall, valid, layers[, allocation]
-        [, permutation: how many linears were permuted and the N:M score mass they keep]."""
+        [, permutation: how many linears were permuted and the N:M score mass they keep]
+        [, importance_kept]."""
         data = {"pattern": self.pattern, "target": self.target, **self.report.to_dict()}
         if self.allocation is not None:
             data["allocation"] = self.allocation.to_dict()
@@ -57,6 +60,8 @@ class SparsityRecord:
             data["permutation"] = {"linears": len(self.permuted), "kept_score_before": before,
                                    "kept_score_after": after,
                                    "gain": after / before - 1 if before else None}
+        if self.importance_kept is not None:
+            data["importance_kept"] = dict(self.importance_kept)
         return data
 
 

@@ -54,6 +54,10 @@ class RunRecord:
 
     tool_version: str
     config_digest: str
+    created: str | None = None  # UTC, ISO 8601 (report/provenance.py)
+    config: dict[str, Any] | None = None  # the resolved config the digest is of
+    versions: dict[str, str | None] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     stages: list[StageRecord] = field(default_factory=list)
@@ -73,7 +77,11 @@ class RunRecord:
         data = {
             "schema_version": SCHEMA_VERSION,
             "tool_version": self.tool_version,
+            "created": self.created,
             "config_digest": self.config_digest,
+            "config": copy.deepcopy(self.config),
+            "versions": dict(self.versions),
+            "host": copy.deepcopy(self.host),
             "model": copy.deepcopy(self.model),
             "plan": copy.deepcopy(self.plan),
             "stages": [asdict(stage) for stage in self.stages],

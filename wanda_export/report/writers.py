@@ -1,8 +1,10 @@
-"""The files a run publishes: report.json, the artifact manifest, JUnit XML and a Markdown summary.
+"""The files a run publishes: report.json, the artifact manifest and JUnit XML (summary.md is
+`summary.py`'s).
 
-Every writer is deterministic (same record, same bytes: no timestamps, stable ordering) so
-outputs can be diffed and cached, and atomic (write a sibling `.tmp`, then `os.replace`) so a
-reader never sees a half-written file, even when the run is interrupted.
+Every writer is deterministic (same record, same bytes: the only time is the record's own
+`created`, and the ordering is stable) so outputs can be diffed and cached, and atomic (write
+a sibling `.tmp`, then `os.replace`) so a reader never sees a half-written file, even when the
+run is interrupted.
 """
 
 from __future__ import annotations
@@ -17,14 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wanda_export.atomic import atomic_write_bytes
-from wanda_export.report.gates import gate_summary
-from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
-from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
+from wanda_export.report.record import ArtifactRecord, RunRecord, StageRecord
 
 MANIFEST_SCHEMA_VERSION = 1
 JUNIT_SUITE = "wanda-export gates"
-COLLAPSE_LAYERS_OVER = 20
-SHA_SHOWN = 12
 
 PathLike = str | os.PathLike[str]
 
@@ -128,7 +126,8 @@ def _exact(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _stage_failure_message(stage: StageRecord) -> str:
+def stage_failure_message(stage: StageRecord) -> str:
+    """What a failed stage says went wrong (its detail's error, message or reason)."""
     detail = stage.detail or {}
     for key in ("error", "message", "reason"):
         if detail.get(key):
@@ -137,26 +136,26 @@ def _stage_failure_message(stage: StageRecord) -> str:
 
 
 def write_junit(record: RunRecord, path: PathLike) -> Path:
-    """Write JUnit XML: one test case per gate (classname "gates") and per stage ("stages").
+    """Write JUnit XML: one test case per gate (classname "gates"), failed with its message,
+    and one per benchmark runtime ("runtimes"), skipped with the reason when it could not run
+    here. Stages are not tests: their times are the suite's properties and total time.
 
-    CI systems render JUnit natively, so each failed gate or stage shows up as a failed test
-    with its message. Gate times are 0; stage times are the stage's seconds.
+    CI systems render JUnit natively, so each failed gate shows up as a failed test.
     """
+    latency = record.metrics.latency
+    runtimes = {} if latency is None else latency.runtimes
     failures = sum(1 for g in record.gates if not g.passed)
-    failures += sum(1 for s in record.stages if s.status == "failed")
-    skipped = sum(1 for s in record.stages if s.status == "skipped")
+    skipped = sum(1 for runtime in runtimes.values() if not runtime.available)
     total_seconds = sum(s.seconds for s in record.stages if math.isfinite(s.seconds))
-    suite = ET.Element(
-        "testsuite",
-        {
-            "name": JUNIT_SUITE,
-            "tests": str(len(record.gates) + len(record.stages)),
-            "failures": str(failures),
-            "errors": "0",
-            "skipped": str(skipped),
-            "time": f"{total_seconds:.3f}",
-        },
-    )
+    suite = ET.Element("testsuite", {
+        "name": JUNIT_SUITE, "tests": str(len(record.gates) + len(runtimes)),
+        "failures": str(failures), "errors": "0", "skipped": str(skipped),
+        "time": f"{total_seconds:.3f}"})
+    properties = ET.SubElement(suite, "properties") if record.stages else None
+    for stage in record.stages:
+        seconds = stage.seconds if math.isfinite(stage.seconds) else 0.0
+        ET.SubElement(properties, "property", {"name": f"stage.{stage.name}",
+                                               "value": f"{stage.status} {seconds:.3f}s"})
     for gate in record.gates:
         case = ET.SubElement(
             suite, "testcase", {"classname": "gates", "name": gate.name, "time": "0"}
@@ -164,225 +163,11 @@ def write_junit(record: RunRecord, path: PathLike) -> Path:
         if not gate.passed:
             failure = ET.SubElement(case, "failure", {"message": gate.message or "gate failed"})
             failure.text = f"value={_exact(gate.value)}, threshold={_exact(gate.threshold)}"
-    for stage in record.stages:
-        seconds = stage.seconds if math.isfinite(stage.seconds) else 0.0
-        case = ET.SubElement(
-            suite, "testcase", {"classname": "stages", "name": stage.name, "time": f"{seconds:.3f}"}
-        )
-        if stage.status == "failed":
-            message = _stage_failure_message(stage)
-            ET.SubElement(case, "failure", {"message": message}).text = message
-        elif stage.status == "skipped":
-            ET.SubElement(case, "skipped")
+    for name, runtime in runtimes.items():
+        case = ET.SubElement(suite, "testcase", {"classname": "runtimes", "name": name,
+                                                 "time": "0"})
+        if not runtime.available:
+            ET.SubElement(case, "skipped", {"message": f"unavailable: {runtime.reason}"})
     ET.indent(suite, space="  ")
     data = ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n"
     return atomic_write_bytes(path, data)
-
-
-def _cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
-
-
-def _number(value: Any) -> str:
-    """A compact number for humans: 6 significant digits, an em dash for nothing."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return "NaN" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def human_bytes(size: int) -> str:
-    """`1536` -> `1.5 KiB`: sizes in binary units with one decimal."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
-
-
-def _percent(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "—"
-    return "NaN" if math.isnan(value) else f"{value * 100:.2f}%"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines.extend("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows)
-    return lines
-
-
-def _title(record: RunRecord) -> list[str]:
-    icon = "✅" if record.status == "passed" else "❌"
-    return [f"# {icon} wanda-export {record.status} (exit code {record.exit_code})", ""]
-
-
-def _overview(record: RunRecord) -> list[str]:
-    model = record.model or {}
-    source = model.get("source") or model.get("path") or "default model"
-    parts = [f"**Model:** `{source}`"]
-    if model.get("kind"):
-        parts.append(f"{model['kind']}")
-    if model.get("fingerprint"):
-        parts.append(f"fingerprint `{str(model['fingerprint'])[:SHA_SHOWN]}`")
-    lines = [" · ".join(parts) + "  "]
-    plan = record.plan or {}
-    if plan:
-        sparsity = plan.get("sparsity")
-        shown = f"{sparsity * 100:g}%" if isinstance(sparsity, float) else _number(sparsity)
-        lines.append(
-            f"**Plan:** {plan.get('method', '—')} · sparsity {shown} · "
-            f"pattern {plan.get('pattern', '—')} · mode {plan.get('mode', '—')}  "
-        )
-    lines.append(
-        f"**Config digest:** `{record.config_digest[:SHA_SHOWN]}` · "
-        f"wanda-export {record.tool_version}"
-    )
-    return [*lines, ""]
-
-
-def _gates_section(gates: list[GateResult]) -> list[str]:
-    if not gates:
-        return ["## Gates", "", "_No gates configured._", ""]
-    passed, failed = gate_summary(gates)
-    rows = [
-        [
-            f"`{g.name}`",
-            "✅ pass" if g.passed else "❌ fail",
-            _number(g.value),
-            _number(g.threshold),
-            g.message,
-        ]
-        for g in gates
-    ]
-    table = _table(["Gate", "Result", "Value", "Threshold", "Message"], rows)
-    return [f"## Gates ({passed} passed, {failed} failed)", "", *table, ""]
-
-
-def _metrics_section(perplexity: PerplexityMetrics | None) -> list[str]:
-    if perplexity is None:
-        return []
-    dense, pruned = perplexity.dense, perplexity.pruned
-    ratio = None
-    if dense is not None and pruned is not None and dense:
-        ratio = pruned / dense
-    table = _table(
-        ["Perplexity", "Dense", "Pruned", "Ratio"],
-        [["evaluation", _number(dense), _number(pruned), _number(ratio)]],
-    )
-    return ["## Metrics", "", *table, ""]
-
-
-def _latency_section(latency: LatencyMetrics | None) -> list[str]:
-    """Dense vs sparse p50/p95 per runtime and shape, the speedup, and the runtimes that could
-    not run here with their reasons."""
-    if latency is None:
-        return []
-    rows = [
-        [row.runtime, f"`{row.shape}`", _number(row.dense_p50_ms), _number(row.sparse_p50_ms),
-         _number(row.dense_p95_ms), _number(row.sparse_p95_ms),
-         "—" if row.speedup is None else f"{row.speedup:.2f}×"]
-        for row in latency.comparison
-    ]
-    setup = (f"{latency.iterations} timed iterations after {latency.warmup} "
-             f"warm-up, {latency.threads} threads; speedup = dense p50 / sparse p50.")
-    lines = ["## Latency", "", setup, ""]
-    if rows:
-        lines += [*_table(["Runtime", "Shape", "Dense p50 ms", "Sparse p50 ms", "Dense p95 ms",
-                           "Sparse p95 ms", "Speedup"], rows), ""]
-    tensorrt = latency.tensorrt
-    if tensorrt is not None:
-        picked = (f"TensorRT picked sparse tactics for **{tensorrt.sparse_tactics}** of "
-                  f"{tensorrt.eligible_layers} eligible layers.")
-        lines += [picked, ""]
-    unavailable = [f"- `{name}`: unavailable ({runtime.reason})"
-                   for name, runtime in latency.runtimes.items() if not runtime.available]
-    return [*lines, *unavailable, ""] if unavailable else lines
-
-
-def _layers_section(sparsity: SparsityRecord | None) -> list[str]:
-    if sparsity is None:
-        return []
-    layers = sparsity.report.layers
-    heading = "## Sparsity"
-    intro = f"Overall: **{_percent(sparsity.report.overall)}** over {len(layers)} layers"
-    intro += " · pattern " + ("valid ✅" if sparsity.report.valid else "violated ❌")
-    rows = [
-        [f"`{name}`", _percent(layer.sparsity), layer.pattern, "✅" if layer.valid else "❌"]
-        for name, layer in layers.items()
-    ]
-    table = _table(["Layer", "Sparsity", "Pattern", "Valid"], rows) if rows else []
-    if len(rows) > COLLAPSE_LAYERS_OVER:
-        summary = f"<summary>Per-layer sparsity ({len(rows)} layers)</summary>"
-        table = ["<details>", summary, "", *table, "", "</details>"]
-    return [heading, "", intro, "", *table, ""] if table else [heading, "", intro, ""]
-
-
-def _stages_section(stages: list[StageRecord]) -> list[str]:
-    if not stages:
-        return []
-    icons = {"ok": "✅ ok", "failed": "❌ failed", "skipped": "⏭️ skipped"}
-    rows = [[s.name, icons.get(s.status, s.status), s.cache, f"{s.seconds:.2f}"] for s in stages]
-    total = sum(s.seconds for s in stages if math.isfinite(s.seconds))
-    rows.append(["**total**", "", "", f"**{total:.2f}**"])
-    lines = ["## Stages", "", *_table(["Stage", "Status", "Cache", "Seconds"], rows), ""]
-    for stage in stages:
-        if stage.status == "failed":
-            lines.extend([f"> **{stage.name}** failed: {_stage_failure_message(stage)}", ""])
-    return lines
-
-
-def _artifacts_section(artifacts: list[ArtifactRecord]) -> list[str]:
-    if not artifacts:
-        return []
-    rows = [
-        [f"`{a.path}`", a.format, human_bytes(a.bytes), f"`{a.sha256[:SHA_SHOWN]}`"]
-        for a in sorted(artifacts, key=lambda a: a.path)
-    ]
-    total = human_bytes(sum(a.bytes for a in artifacts))
-    table = _table(["Path", "Format", "Size", "sha256"], rows)
-    return [f"## Artifacts ({len(artifacts)} files, {total})", "", *table, ""]
-
-
-def _charts_section(charts: dict[str, str] | None) -> list[str]:
-    if not charts:
-        return []
-    images = [
-        f"![{name}]({Path(rel).as_posix().replace(' ', '%20')})" for name, rel in charts.items()
-    ]
-    return ["## Charts", "", *images, ""]
-
-
-def render_summary_md(record: RunRecord, charts: dict[str, str] | None = None) -> str:
-    """The step summary as Markdown text (see `write_summary_md`)."""
-    lines = [
-        *_title(record),
-        *_overview(record),
-        *_gates_section(record.gates),
-        *_metrics_section(record.metrics.perplexity),
-        *_latency_section(record.metrics.latency),
-        *_layers_section(record.sparsity),
-        *_stages_section(record.stages),
-        *_artifacts_section(record.artifacts),
-        *_charts_section(charts),
-    ]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def write_summary_md(
-    record: RunRecord, path: PathLike, charts: dict[str, str] | None = None
-) -> Path:
-    """Write a GitHub Actions step summary: status, model, plan, gates, metrics, layers, stages.
-
-    `charts` maps an image's alt text to its path relative to the summary, e.g.
-    `{"per-layer sparsity": "charts/sparsity.png"}`. Tables with many layers are collapsed in a
-    `<details>` block so the summary stays readable for real models.
-    """
-    return atomic_write_bytes(path, render_summary_md(record, charts).encode("utf-8"))

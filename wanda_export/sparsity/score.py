@@ -75,3 +75,13 @@ def compute_scores(method: str, weight: torch.Tensor, input_sumsq: torch.Tensor 
             raise ValueError(f"method {method!r} needs activation statistics")
         return SCORERS[method](weight, input_sumsq, **settings)
     return SCORERS[method](weight, **settings)
+
+
+def importance_kept(scores: torch.Tensor, pruned: torch.Tensor) -> float:
+    """The share of a layer's total score that the weights not `pruned` hold (1.0 for an
+    all-zero score): how much of what the method values a mask keeps, so layers pruned to the
+    same sparsity can still be told apart."""
+    total = scores.to(SCORE_DTYPE).sum()
+    if total <= 0:
+        return 1.0
+    return float(scores.to(SCORE_DTYPE).masked_fill(pruned, 0.0).sum() / total)
