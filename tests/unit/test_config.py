@@ -785,10 +785,9 @@ def test_dsnot_after_magnitude_needs_a_calibrate_stage(tmp_path: Path) -> None:
 
 
 def test_prune_spec_refuses_dsnot_after_sparsegpt():
-    from pydantic import ValidationError
-
+    from wanda_export.config.prune_spec import SettingsError
     from wanda_export.prune import PruneSpec
 
-    with pytest.raises(ValidationError, match="updates the weights it keeps"):
+    with pytest.raises(SettingsError, match="refine: .*updates the weights it keeps"):
         PruneSpec(method="sparsegpt", refine="dsnot")
     assert PruneSpec(method="sparsegpt", pattern="2:4", permute=True).permute
