@@ -196,8 +196,9 @@ class ExportStage(StrictModel):
     """Write the pruned model; a list of format names so new formats are additive.
 
     onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16: an fp16 copy; tensorrt: the
-    ONNX plus tensorrt.json (2:4 only). With any ONNX format the sparsity is re-verified in the
-    file, and with `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
+    fp16 copy (precision in the file, as strongly typed TensorRT wants) plus tensorrt.json
+    (2:4 only). With any ONNX format the sparsity is re-verified in the file, and with
+    `parity` onnxruntime's logits and greedy generation are compared to PyTorch.
     """
 
     summary: ClassVar[str] = "Write the deployable artifacts."

@@ -218,11 +218,12 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool
     verification = _verify_in_file(ctx, exported.path, "onnx")
     ctx.onnx_export = (exported.path, verification)
     valid = verification.valid
-    if "onnx-fp16" in formats:
+    if {"onnx-fp16", "tensorrt"} & set(formats):  # the fp16 file is the TensorRT artifact
         fp16 = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
-        valid = _verify_in_file(ctx, fp16, "onnx-fp16").valid and valid
-    if "tensorrt" in formats:
-        write_tensorrt_recipe(directory, exported.path.name, verification)
+        fp16_verification = _verify_in_file(ctx, fp16, "onnx-fp16")
+        valid = fp16_verification.valid and valid
+        if "tensorrt" in formats:
+            write_tensorrt_recipe(directory, fp16.name, fp16_verification)
     if stage.parity:
         with ctx.progress.task("parity (onnxruntime vs torch)", 1) as advance:
             parity = measure_parity(ctx.loaded.model, ctx.loaded.tokenizer, exported.path,
