@@ -49,8 +49,8 @@ AllocationMethod = Literal["uniform", "alphapruning", "owl"]
 AlphaXmin = Literal["ks", "median"]
 Granularity = Literal["block", "matrix"]
 ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "tensorrt"]
-RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch",
-                      "torch-sparse24"]
+RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
+                      "onnxruntime-genai", "onnxruntime-genai-cuda", "torch", "torch-sparse24"]
 ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "tensorrt"})
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 _MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
@@ -252,7 +252,10 @@ class BenchmarkStage(StrictModel):
     onnxruntime runtimes run the exported ONNX against its dense twin (same graph, unpruned
     weights); torch runs the model itself; torch-sparse24 runs the pruned linears through
     semi-structured 2:4 kernels (CUDA, compute capability >= 8.0) against dense fp16 kernels.
-    `threads` fixes torch's and onnxruntime's intra-op threads so numbers compare.
+    onnxruntime-genai (-cuda) generates through onnxruntime-genai from the export's folder when
+    it holds a genai_config.json (prefill and decode tokens/s), against its dense twin.
+    `threads` fixes torch's, onnxruntime's and onnxruntime-genai's intra-op threads so numbers
+    compare.
     """
 
     summary: ClassVar[str] = "Time the dense and the pruned model on each runtime and shape."
