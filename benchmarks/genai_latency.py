@@ -1,6 +1,7 @@
 """Prefill and decode tokens/s of SmolLM2-135M through onnxruntime-genai, dense vs Wanda 2:4.
 
     python benchmarks/genai_latency.py [--threads 2] [--warmup 3] [--iterations 20] [--rounds 2]
+        [--shapes prefill:1x128 prefill:8x512 decode:1x1@128] [--output genai-latency.json]
 
 Prunes the default model (Wanda 2:4, dense calibration), saves it, builds the onnxruntime-genai
 folder with the genai model builder (fp32, CPU; offline), writes its dense twin (the same files
@@ -8,7 +9,7 @@ with the unpruned weights back in place) and times both through og.Generator wit
 stage's code (wanda_export.bench.genai_latency). Dense and sparse alternate, `--rounds` times,
 each a full warm-up + timed series; the median of the rounds' p50 is reported with every round's
 p50 (the spread). Also the last-position logits of each folder against PyTorch (dense twin vs
-the dense model, sparse vs the pruned one). Results: benchmarks/results/genai-latency.json.
+the dense model, sparse vs the pruned one). Results: benchmarks/results/<--output>.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--shapes", nargs="+", default=SHAPES)
+    parser.add_argument("--output", default="genai-latency.json", help="file in results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(None, device="cpu")
@@ -125,7 +127,7 @@ def main() -> None:
         row["speedup"] = row["dense"]["p50_ms"] / row["sparse"]["p50_ms"]
         result["shapes"][text] = row
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "genai-latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print("| shape | dense tokens/s | sparse tokens/s | dense p50 ms (rounds) | "
           "sparse p50 ms (rounds) | speedup |")
