@@ -6,9 +6,10 @@
 Prunes the default model (Wanda 2:4, dense calibration), saves it, builds the onnxruntime-genai
 folder with the genai model builder (fp32, CPU; offline), writes its dense twin (the same files
 with the unpruned weights back in place) and times both through og.Generator with the benchmark
-stage's code (wanda_export.bench.genai_latency). Dense and sparse alternate, `--rounds` times,
-each a full warm-up + timed series; the median of the rounds' p50 is reported with every round's
-p50 (the spread). Also the last-position logits of each folder against PyTorch (dense twin vs
+stage's code (wanda_export.bench.genai_latency). Dense and sparse alternate, `--rounds` times
+(which goes first alternates too), each a full warm-up + timed series; the median of the rounds'
+p50 is reported with every round's p50, and `within_noise` when the two ranges of round p50s
+overlap. Also the last-position logits of each folder against PyTorch (dense twin vs
 the dense model, sparse vs the pruned one). Results: benchmarks/results/<--output>.
 """
 
@@ -109,9 +110,10 @@ def main() -> None:
                   for variant in ("dense", "sparse")}
         rounds: dict = {str(shape): {"dense": [], "sparse": []}
                         for shape in parse_shapes(args.shapes)}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
+            order = list(models.items())[:: 1 if round_ % 2 == 0 else -1]  # alternate who is first
             for shape in parse_shapes(args.shapes):
-                for variant, opened in models.items():
+                for variant, opened in order:
                     measured = time_genai(opened, shape, warmup=args.warmup,
                                           iterations=args.iterations)
                     rounds[str(shape)][variant].append(measured.stats.to_dict())
@@ -125,19 +127,22 @@ def main() -> None:
                             "round_p50_ms": [stats["p50_ms"] for stats in series],
                             "round_p95_ms": [stats["p95_ms"] for stats in series]}
         row["speedup"] = row["dense"]["p50_ms"] / row["sparse"]["p50_ms"]
+        dense_range, sparse_range = (row[v]["round_p50_ms"] for v in ("dense", "sparse"))
+        row["within_noise"] = (max(min(dense_range), min(sparse_range))
+                               <= min(max(dense_range), max(sparse_range)))  # ranges overlap
         result["shapes"][text] = row
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print("| shape | dense tokens/s | sparse tokens/s | dense p50 ms (rounds) | "
-          "sparse p50 ms (rounds) | speedup |")
-    print("|---|---:|---:|---|---|---:|")
+          "sparse p50 ms (rounds) | speedup | within noise |")
+    print("|---|---:|---:|---|---|---:|---|")
     for text, row in result["shapes"].items():
         rounds_text = {v: ", ".join(f"{ms:.2f}" for ms in row[v]["round_p50_ms"])
                        for v in ("dense", "sparse")}
         print(f"| {text} | {row['dense']['tokens_per_second']:.0f} | "
               f"{row['sparse']['tokens_per_second']:.0f} | {rounds_text['dense']} | "
-              f"{rounds_text['sparse']} | {row['speedup']:.3f} |")
+              f"{rounds_text['sparse']} | {row['speedup']:.3f} | {row['within_noise']} |")
 
 
 if __name__ == "__main__":
