@@ -94,7 +94,9 @@ def test_the_sparse_folder_generates_the_pruned_model(pruned_llama):
 
 def test_the_dense_twin_is_the_dense_model_in_the_same_graph(pruned_llama, tmp_path):
     folder, _, dense_model, pruned, dense = pruned_llama
+    before = (folder / "model.onnx.data").read_bytes()
     twin = write_dense_genai_twin(folder, "model.onnx", pruned, dense, tmp_path / "dense")
+    assert (folder / "model.onnx.data").read_bytes() == before  # the export is left alone
     np.testing.assert_allclose(last_logits(twin), torch_last_logits(dense_model), atol=1e-4)
     assert (twin / "model.onnx").read_bytes() == (folder / "model.onnx").read_bytes()
     sparse_data = np.fromfile(folder / "model.onnx.data", np.uint8)

@@ -5,6 +5,7 @@ graph could be optimised differently, and seconds instead of a minute)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,9 @@ def _external_matrices(model, k_dims: set[int]) -> list[ExternalMatrix]:
             continue
         info = {entry.key: entry.value for entry in init.external_data}
         if "location" in info:
-            found.append(ExternalMatrix(init.name, info["location"], int(info.get("offset", 0)),
-                                 int(init.dims[0]), int(init.dims[1]), init.data_type))
+            found.append(ExternalMatrix(init.name, info["location"],
+                                        int(info.get("offset", 0)), int(init.dims[0]),
+                                        int(init.dims[1]), init.data_type))
     return found
 
 
@@ -132,12 +134,24 @@ def locate_in_genai_folder(folder: Path, model_file: str,
     return located
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
 def write_dense_genai_twin(folder: Path, model_file: str, pruned: dict[str, torch.Tensor],
                            dense: dict[str, torch.Tensor], out: Path) -> Path:
     """Copy the onnxruntime-genai folder `folder` to `out` (which must not exist) with each
-    pruned weight's slice of `model_file`'s external data overwritten by its dense weight."""
+    pruned weight's slice of `model_file`'s external data overwritten by its dense weight (the
+    files it leaves alone are hard links where the file system allows)."""
     located = locate_in_genai_folder(folder, model_file, pruned)
-    shutil.copytree(folder, out)
+    shutil.copytree(folder, out, copy_function=_link_or_copy)  # files only read: linked
+    for location in {matrix.location for matrix, _ in located.values()}:
+        fresh = Path(out) / f"{location}.copy"  # a real copy: never write through a link
+        shutil.copyfile(Path(folder) / location, fresh)
+        os.replace(fresh, Path(out) / location)
     for name, (matrix, column) in located.items():
         stored = _stored_bytes(dense[name], matrix.data_type)
         view = matrix.view(Path(out), mode="r+")
