@@ -1,5 +1,5 @@
 """Test helpers: tiny random checkpoints of several families, built offline, a tiny GGUF writer,
-and the CLI run in-process.
+an onnxruntime-genai folder built from a checkpoint, and the CLI run in-process.
 
 Nothing here downloads: configs come from transformers' config classes, the tokenizer from the
 ``tokenizers`` library, the GGUF file from the ``gguf`` package's writer.
@@ -228,3 +228,18 @@ def wait_for_marker(child, marker: Path, timeout: float, what: str) -> None:
         assert child.poll() is None, f"the run ended before {what}"
         assert time.time() < deadline, f"the run never reached {what}"
         time.sleep(0.1)
+
+
+def build_genai_folder(checkpoint: Path, out: Path) -> Path:
+    """Run onnxruntime-genai's model builder on a local checkpoint (fp32, CPU) into `out`: the
+    folder (genai_config.json, model.onnx + external data, tokenizer) the genai runtime reads.
+    In-process, as its command line does it, with the hub switched off."""
+    import os
+    from unittest import mock
+
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    args = (None, str(checkpoint), str(out), "fp32", "cpu", str(out.parent / "builder-cache"))
+    with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}):
+        create_model(*args, **parse_extra_options(*args, None))
+    return out

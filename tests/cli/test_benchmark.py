@@ -5,6 +5,7 @@ on a runtime this machine cannot run (exit 4 before any work)."""
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -116,3 +117,22 @@ def test_gpu_runtimes_measure_for_real(write_pipeline, workdir):  # pragma: no c
     assert result.exit_code == 0, result.output
     latency = json.loads((workdir / "out" / "report.json").read_text())["metrics"]["latency"]
     assert any(r["runtime"] == "torch-sparse24" for r in latency["results"])
+
+
+def test_a_genai_runtime_on_an_export_without_genai_config_is_skipped_with_the_reason(
+        write_pipeline, workdir, tiny_model_dir):
+    shutil.copytree(tiny_model_dir("gpt2"), workdir / "gpt2")  # a family the builder lacks
+    path = write_pipeline(
+        pattern="2:4", model={"path": "gpt2"},
+        stages={"export": {"formats": ["onnx"], "parity": False},
+                "benchmark": {"runtimes": ["onnxruntime-genai"], "shapes": ["prefill:1x8"],
+                              "warmup": 0, "iterations": 1, "threads": 1}})
+    out = workdir / "out"
+    result = invoke("run", str(path), "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    latency = json.loads((out / "report.json").read_text())["metrics"]["latency"]
+    genai = latency["runtimes"]["onnxruntime-genai"]
+    assert not genai["available"] and "has no genai_config.json" in genai["reason"]
+    assert latency["results"] == []
+    assert "`onnxruntime-genai`: unavailable (onnx/ has no genai_config.json" in (
+        out / "summary.md").read_text()

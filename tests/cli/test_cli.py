@@ -214,6 +214,7 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
     assert sizes["onnx/model.fp16.onnx"]["bytes"] < sizes["onnx/model.onnx"]["bytes"]
     recipe = json.loads((out / "onnx" / "tensorrt.json").read_text())
     assert "--sparsity=enable" in recipe["trtexec"] and len(recipe["eligible_layers"]) == 14
+    assert recipe["onnx"] == "model.fp16.onnx" and "--fp16" not in recipe["trtexec"]
 
 
 def test_ria_with_permutation_and_dsnot_exports_verified_2_4_with_parity(write_pipeline,

@@ -3,6 +3,7 @@ machines, comparisons, a latency chart, and real ONNX/torch timings of a tiny ll
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -25,7 +26,15 @@ from wanda_export.bench.onnx_latency import (
     shape_inputs,
     time_session,
 )
-from wanda_export.bench.runtimes import NO_CUDA, NO_ONNXRUNTIME, Probe, runtime_availability
+from wanda_export.bench.runtimes import (
+    NO_CUDA,
+    NO_GENAI,
+    NO_GENAI_CUDA,
+    NO_ONNXRUNTIME,
+    GenaiWheel,
+    Probe,
+    runtime_availability,
+)
 from wanda_export.bench.shapes import DEFAULT_SHAPES, Shape, parse_shape, parse_shapes
 from wanda_export.bench.timing import LatencyStats, latency_stats, per_call, time_callable
 from wanda_export.bench.torch_latency import (
@@ -34,6 +43,7 @@ from wanda_export.bench.torch_latency import (
     random_24_weight,
     to_sparse24_,
 )
+from wanda_export.config.stages import RUNTIMES
 from wanda_export.errors import ConfigError, EnvironmentProblem
 from wanda_export.evaluate.parity import onnx_session
 from wanda_export.export.onnx import export_onnx
@@ -65,6 +75,24 @@ def test_percentiles_interpolate_linearly():
 def test_latency_stats_needs_a_timing():
     with pytest.raises(ValueError, match="at least one"):
         latency_stats([], warmup=0)
+
+
+def test_setup_runs_before_every_call_outside_the_clock(monkeypatch):
+    clock = {"now": 0.0}
+    events = []
+
+    def setup():
+        events.append("setup")
+        clock["now"] += 1.0  # slow, and never timed
+
+    def fn():
+        events.append("call")
+        clock["now"] += 0.002
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
+    result = time_callable(fn, warmup=1, iterations=3, setup=setup)
+    assert events == ["setup", "call"] * 4
+    assert result.p50_ms == pytest.approx(2.0) and result.iterations == 3
 
 
 def test_warmup_calls_run_but_are_not_timed(monkeypatch):
@@ -151,8 +179,11 @@ ORT_CPU = ("CPUExecutionProvider",)
 ORT_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def machine(providers=ORT_CPU, capability=None, semi_structured=True) -> Probe:
-    return Probe(providers, capability, semi_structured, VERSIONS)
+GENAI_CPU, GENAI_GPU = GenaiWheel("0.18.0", cuda=False), GenaiWheel("0.18.0", cuda=True)
+
+
+def machine(providers=ORT_CPU, capability=None, semi_structured=True, genai=GENAI_CPU) -> Probe:
+    return Probe(providers, capability, semi_structured, VERSIONS, genai)
 
 
 GPU_EP_HINT = "(install onnxruntime-gpu: pip install 'wanda-export[gpu]')"
@@ -173,6 +204,11 @@ GPU_EP_HINT = "(install onnxruntime-gpu: pip install 'wanda-export[gpu]')"
      "compute capability 7.5 < 8.0 needed for semi-structured 2:4 kernels"),
     ("torch-sparse24", machine(capability=(8, 0), semi_structured=False),
      "torch 2.13.0 has no torch.sparse.to_sparse_semi_structured (torch >= 2.1 needed)"),
+    ("onnxruntime-genai", machine(genai=None), NO_GENAI),
+    ("onnxruntime-genai-cuda", machine(genai=None, capability=(9, 0)), NO_GENAI),
+    ("onnxruntime-genai", machine(providers=None), NO_ONNXRUNTIME),
+    ("onnxruntime-genai-cuda", machine(genai=GENAI_GPU), NO_CUDA),
+    ("onnxruntime-genai-cuda", machine(capability=(9, 0)), NO_GENAI_CUDA),
 ])
 def test_unavailable_runtimes_say_exactly_why(name, found, reason):
     result = runtime_availability(name, found)
@@ -189,12 +225,20 @@ def test_unavailable_runtimes_say_exactly_why(name, found, reason):
     ("torch", machine(capability=(7, 0)), "cuda", None),
     ("torch-sparse24", machine(capability=(8, 0)), "cuda", None),
     ("torch-sparse24", machine(capability=(9, 0)), "cuda", None),
+    ("onnxruntime-genai", machine(), "cpu", None),
+    ("onnxruntime-genai", machine(capability=(9, 0), genai=GENAI_GPU), "cpu", None),
+    ("onnxruntime-genai-cuda", machine(capability=(8, 0), genai=GENAI_GPU), "cuda", None),
 ])
 def test_available_runtimes_name_device_and_provider(name, found, device, provider):
     result = runtime_availability(name, found)
     assert result.available and result.reason == "available"
     assert (result.device, result.provider) == (device, provider)
     assert result.to_dict()["versions"]["cuda"] == "12.8"
+
+
+def test_the_runtimes_are_the_ones_the_config_accepts():
+    assert runtimes.RUNTIMES == RUNTIMES
+    assert set(runtimes.GENAI_DEVICES) <= set(RUNTIMES)
 
 
 def test_unknown_runtime_lists_choices_and_suggests():
@@ -209,6 +253,11 @@ def test_unknown_runtime_lists_choices_and_suggests():
 def test_runtime_availability_probes_this_machine(monkeypatch):
     found = runtimes.probe()
     assert found.versions["torch"] == torch.__version__
+    genai = importlib.util.find_spec("onnxruntime_genai")
+    assert (found.genai is None) == (genai is None)
+    if genai is not None:
+        assert found.versions["onnxruntime_genai"] == found.genai.version
+        assert found.genai.version == importlib.metadata.version("onnxruntime-genai")
     assert "CPUExecutionProvider" in (found.providers or ())
     assert runtime_availability("onnxruntime-cpu").available
     monkeypatch.setattr(runtimes, "onnxruntime_providers", lambda: None)

@@ -145,8 +145,10 @@ def test_to_dict_puts_each_measurement_in_its_report_json_place():
     assert list(measured) == ["threads", "warmup", "iterations", "runtimes", "results",
                               "comparison"]
     onnx_row, _, torch_row = measured["results"]
-    assert list(onnx_row) == ["runtime", "variant", "shape", "provider", "p50_ms", "p95_ms",
-                              "mean_ms", "min_ms", "iterations", "warmup", "p25_ms", "p75_ms"]
+    assert list(onnx_row) == ["runtime", "variant", "shape", "provider", "tokens_per_second",
+                              "p50_ms", "p95_ms", "mean_ms", "min_ms", "iterations", "warmup",
+                              "p25_ms", "p75_ms"]
+    assert onnx_row["tokens_per_second"] == 500.0  # one token per decode step, 2 ms
     assert list(torch_row)[3:5] == ["device", "dtype"]
     assert measured["comparison"]["speedup"] == {"onnxruntime-cpu decode:1x1@8": 2.0,
                                                  "torch decode:1x1@8": None}

@@ -17,6 +17,7 @@ from wanda_export.bench.shapes import Shape
 from wanda_export.bench.timing import LatencyStats, time_callable
 from wanda_export.evaluate.parity import onnx_session, onnx_step, session_io
 from wanda_export.export.onnx import CacheLayout
+from wanda_export.export.tensorrt import provider_options
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _PAST_KEY = re.compile(r"^past_key_values\.(\d+)\.key$")
@@ -42,7 +43,9 @@ def execution_providers(provider: str, trt_cache_dir: Path | None = None) -> lis
     """onnxruntime's providers argument for `provider`, falling back to CUDA and then CPU.
 
     TensorRT builds fp16 engines that may use 2:4 sparse tactics, cached in `trt_cache_dir`
-    (required: an engine build takes minutes and must not be repeated per session).
+    (required: an engine build takes minutes and must not be repeated per session), with the
+    recipe's options for an onnxruntime linked against TensorRT 10 (the fp16 flag on the fp32
+    graph: TensorRT 11 has no such flag and would need the fp16 file instead).
     """
     if provider == CPU:
         return [CPU]
@@ -51,9 +54,8 @@ def execution_providers(provider: str, trt_cache_dir: Path | None = None) -> lis
     if provider == TENSORRT:
         if trt_cache_dir is None:
             raise ValueError("the TensorRT provider needs trt_cache_dir for its engine cache")
-        options = {"trt_fp16_enable": True, "trt_sparsity_enable": True,
-                   "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir),
-                   "trt_dump_subgraphs": False, "trt_detailed_build_log": True}
+        options = {**provider_options(10), "trt_engine_cache_path": str(trt_cache_dir),
+                   "trt_dump_subgraphs": False}
         return [(TENSORRT, options), CUDA, CPU]
     raise ValueError(f"unknown execution provider {provider!r}; choose one of "
                      f"{[CPU, CUDA, TENSORRT]}")

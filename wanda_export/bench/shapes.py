@@ -73,3 +73,9 @@ def parse_shapes(texts: Iterable[str]) -> list[Shape]:
 
 
 DEFAULT_SHAPES = (Shape("prefill", 1, 128), Shape("prefill", 8, 512), Shape("decode", 1, 1, 128))
+
+
+def tokens_per_second(shape: Shape, p50_ms: float) -> float | None:
+    """Tokens one call of `shape` processes (batch x seqlen: the prompt of a prefill, one per
+    sequence for a decode step) per second at a median of `p50_ms`; None when it is not > 0."""
+    return shape.tokens / (p50_ms / 1000.0) if p50_ms > 0 else None

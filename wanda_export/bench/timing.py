@@ -40,21 +40,26 @@ def latency_stats(seconds: Sequence[float], warmup: int) -> LatencyStats:
 
 
 def time_callable(fn: Callable[[], object], warmup: int, iterations: int,
-                  sync: Callable[[], object] | None = None) -> LatencyStats:
+                  sync: Callable[[], object] | None = None,
+                  setup: Callable[[], object] | None = None) -> LatencyStats:
     """Call `fn` `warmup` times untimed, then `iterations` times each timed with perf_counter.
 
     `sync` (e.g. torch.cuda.synchronize) runs before each clock read, so asynchronous device
-    work is inside the interval it belongs to rather than leaking into the next one.
+    work is inside the interval it belongs to rather than leaking into the next one. `setup`
+    runs untimed before every call, warm-up ones too (e.g. a fresh generator with its prompt).
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     wait = sync or (lambda: None)
+    prepare = setup or (lambda: None)
     for _ in range(warmup):
+        prepare()
         fn()
     seconds = []
     for _ in range(iterations):
+        prepare()
         wait()
         start = time.perf_counter()
         fn()

@@ -52,8 +52,8 @@ AlphaXmin = Literal["ks", "median"]
 Granularity = Literal["block", "matrix"]
 ExportFormat = Literal["safetensors", "onnx", "onnx-fp16", "onnx-bf16", "tensorrt"]
 OnnxExporter = Literal["auto", "genai", "torch"]
-RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch",
-                      "torch-sparse24"]
+RuntimeName = Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
+                      "onnxruntime-genai", "onnxruntime-genai-cuda", "torch", "torch-sparse24"]
 ONNX_FORMATS = frozenset({"onnx", "onnx-fp16", "onnx-bf16", "tensorrt"})
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 _MAX_SHAPE_CHARS = 40  # "decode:1024x1@131072" is 20
@@ -245,9 +245,10 @@ class ExportStage(StrictModel):
     """Write the pruned model; a list of format names so new formats are additive.
 
     onnx: fp32 decoder with KV cache for onnxruntime; onnx-fp16 / onnx-bf16: the same decoder
-    in that precision (bf16 needs the genai exporter); tensorrt: the ONNX plus tensorrt.json
-    (2:4 only). With any ONNX format the sparsity is re-verified in the file, and with `parity`
-    onnxruntime's logits and greedy generation are compared to PyTorch.
+    in that precision (bf16 needs the genai exporter); tensorrt: the fp16 file (precision in the
+    file, as strongly typed TensorRT wants) plus tensorrt.json (2:4 only). With any ONNX format
+    the sparsity is re-verified in the file, and with `parity` onnxruntime's logits and greedy
+    generation are compared to PyTorch.
 
     `onnx_exporter`: genai (onnxruntime-genai's model builder fed the pruned safetensors: fast,
     memory of one tensor, fused onnxruntime operators, genai_config.json), torch
@@ -314,7 +315,10 @@ class BenchmarkStage(StrictModel):
     onnxruntime runtimes run the exported ONNX against its dense twin (same graph, unpruned
     weights); torch runs the model itself; torch-sparse24 runs the pruned linears through
     semi-structured 2:4 kernels (CUDA, compute capability >= 8.0) against dense fp16 kernels.
-    `threads` fixes torch's and onnxruntime's intra-op threads so numbers compare.
+    onnxruntime-genai (-cuda) generates through onnxruntime-genai from the export's folder when
+    it holds a genai_config.json (prefill and decode tokens/s), against its dense twin.
+    `threads` fixes torch's, onnxruntime's and onnxruntime-genai's intra-op threads so numbers
+    compare.
     """
 
     summary: ClassVar[str] = "Time the dense and the pruned model on each runtime and shape."

@@ -8,9 +8,14 @@ the same run, reported as p50/p95/mean and as a speedup (dense p50 / sparse p50)
   both: on CPU this shows what zeros alone buy, usually nothing).
 - torch-sparse24: the pruned linears as semi-structured 2:4 tensors (CUDA, fp16) against the
   same weights in dense fp16 kernels.
+- onnxruntime-genai / -cuda: the export's folder generating through onnxruntime-genai (prefill
+  and decode steps, as tokens/s) against its dense twin, when the folder holds a
+  genai_config.json.
 
 A runtime this machine cannot run is reported "unavailable" with the reason; when a gate needs
-it, the run stops before any work with exit 4 (EnvironmentProblem).
+it, the run stops before any work with exit 4 (EnvironmentProblem). A genai runtime is also
+unavailable when the export wrote no genai_config.json, which is known once it ran: a gate that
+needs it then stops the run at the benchmark stage, with exit 4 too.
 """
 
 from __future__ import annotations
@@ -19,14 +24,22 @@ import copy
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from wanda_export.bench.compare import compare, comparison_dict
-from wanda_export.bench.dense_twin import write_dense_twin
+from wanda_export.bench.dense_twin import write_dense_genai_twin, write_dense_twin
+from wanda_export.bench.genai_latency import (
+    genai_folder_problem,
+    genai_model_file,
+    open_genai_model,
+    read_genai_config,
+    time_genai,
+)
 from wanda_export.bench.onnx_latency import CPU, CUDA, TENSORRT, open_session, time_session
-from wanda_export.bench.runtimes import Availability, probe, runtime_availability
+from wanda_export.bench.runtimes import GENAI_DEVICES, Availability, probe, runtime_availability
 from wanda_export.bench.shapes import Shape, parse_shapes
 from wanda_export.bench.tensorrt_log import SparseTactics, captured_stderr, parse_sparse_tactics
 from wanda_export.bench.timing import LatencyStats
@@ -60,14 +73,42 @@ def check_runtimes(config: PipelineConfig) -> dict[str, Availability]:
         return {}
     found = probe()
     availability = {name: runtime_availability(name, found) for name in stage.runtimes}
+    _refuse_gated(config, availability, "this machine cannot run")
+    return availability
+
+
+def _refuse_gated(config: PipelineConfig, availability: dict[str, Availability],
+                  why: str) -> None:
+    """Raise EnvironmentProblem (exit 4) when a gate needs a runtime that is unavailable."""
     blocked = [a for a in availability.values()
                if not a.available and a.name in gated_runtimes(config)]
     if blocked:
         raise EnvironmentProblem(
-            "a release gate needs a runtime this machine cannot run: "
+            f"a release gate needs a runtime {why}: "
             + "; ".join(f"{a.name}: {a.reason}" for a in blocked),
             hint="run on a machine that has it, or drop that gate from the pipeline file")
-    return availability
+
+
+def _genai_folder(ctx: RunContext) -> Path | None:
+    """The folder of the run's ONNX export, which onnxruntime-genai generates from."""
+    return None if ctx.onnx_export is None else ctx.onnx_export[0].parent
+
+
+def with_genai_folder(ctx: RunContext,
+                      availability: dict[str, Availability]) -> dict[str, Availability]:
+    """`availability` with each available genai runtime checked against the export's folder
+    (a genai_config.json, built for its device); a gate that needs one it makes unavailable
+    stops the run (exit 4)."""
+    folder = _genai_folder(ctx)
+    checked = dict(availability)
+    for name, runtime in availability.items():
+        if name in GENAI_DEVICES and runtime.available:
+            problem = ("the run has no ONNX export" if folder is None
+                       else genai_folder_problem(folder, GENAI_DEVICES[name]))
+            if problem:
+                checked[name] = replace(runtime, available=False, reason=problem)
+    _refuse_gated(ctx.config, checked, "the export cannot serve")
+    return checked
 
 
 @contextmanager
@@ -135,6 +176,26 @@ def _measure_onnx(ctx: RunContext, runtime: str, shapes: list[Shape], stage, wor
     return tactics
 
 
+def _measure_genai(ctx: RunContext, runtime: str, shapes: list[Shape], stage, workdir: Path,
+                   add: Callable[[LatencyRow], None]) -> None:
+    """The export's folder and its dense twin through onnxruntime-genai, one og.Model per
+    folder timed on every shape."""
+    folder = _genai_folder(ctx)
+    dense = workdir / "genai-dense"
+    if not dense.exists():
+        pruned = {target.name: weight_out_in(target.module) for target in ctx.targets}
+        write_dense_genai_twin(folder, genai_model_file(read_genai_config(folder)), pruned,
+                               ctx.dense_weights, dense)
+    device = GENAI_DEVICES[runtime]
+    for variant, path in (("dense", dense), ("sparse", folder)):
+        opened = open_genai_model(path, threads=stage.threads, device=device)
+        for shape in shapes:
+            measured = time_genai(opened, shape, warmup=stage.warmup,
+                                  iterations=stage.iterations)
+            add(LatencyRow(runtime, variant, str(shape), measured.stats, device=device))
+        del opened  # one model in memory at a time
+
+
 def _measure_torch(ctx: RunContext, runtime: str, shapes: list[Shape], stage,
                    add: Callable[[LatencyRow], None]) -> None:
     """The model in PyTorch: dense vs pruned weights (torch), or the pruned weights in dense
@@ -161,7 +222,7 @@ def run_benchmark(ctx: RunContext) -> StageRecord:
     the speedups and the unavailable runtimes with their reasons."""
     stage = ctx.config.stage("benchmark")
     shapes = parse_shapes(stage.shapes)
-    availability = ctx.availability or check_runtimes(ctx.config)  # the runner probed
+    availability = with_genai_folder(ctx, ctx.availability or check_runtimes(ctx.config))
     latency = LatencyMetrics(threads=stage.threads, warmup=stage.warmup,
                              iterations=stage.iterations, runtimes=dict(availability))
     with tempfile.TemporaryDirectory(prefix="wanda-export-bench-") as tmp, _threads(stage.threads):
@@ -178,6 +239,8 @@ def run_benchmark(ctx: RunContext) -> StageRecord:
                     tactics = _measure_onnx(ctx, name, shapes, stage, Path(tmp), add)
                     if tactics is not None:
                         latency.tensorrt = tactics
+                elif name in GENAI_DEVICES:
+                    _measure_genai(ctx, name, shapes, stage, Path(tmp), add)
                 else:
                     _measure_torch(ctx, name, shapes, stage, add)
     by_variant: dict[str, dict[tuple[str, str], LatencyStats]] = {"dense": {}, "sparse": {}}

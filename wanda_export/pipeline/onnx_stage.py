@@ -115,7 +115,7 @@ def _write_files(ctx: RunContext, exporter: str, formats: list[str], plan: dict
         with builder_source(ctx, formats, plan) as source:
             exported = export_genai(source, directory)
             for name, precision in GENAI_FLAVOURS.items():
-                if name in formats:
+                if name in formats or (name == "onnx-fp16" and "tensorrt" in formats):
                     flavours[name] = export_genai(source, directory, precision).path
         return exported, flavours
     model = ctx.loaded.model
@@ -124,7 +124,7 @@ def _write_files(ctx: RunContext, exporter: str, formats: list[str], plan: dict
     model.config.save_pretrained(directory)
     if ctx.loaded.tokenizer is not None:
         ctx.loaded.tokenizer.save_pretrained(directory)
-    if "onnx-fp16" in formats:
+    if {"onnx-fp16", "tensorrt"} & set(formats):  # the fp16 file is the TensorRT artifact
         flavours["onnx-fp16"] = convert_to_fp16(exported.path, directory / "model.fp16.onnx")
     return exported, flavours
 
@@ -143,10 +143,12 @@ def export_onnx_formats(ctx: RunContext, formats: list[str], stage, plan: dict,
     verification = _verify(ctx, exported.path, "onnx", exporter, targets, reference)
     ctx.onnx_export = (exported.path, verification)
     valid = verification.valid
-    for label, path in flavours.items():
-        valid = _verify(ctx, path, label, exporter, targets, reference).valid and valid
+    checks = {label: _verify(ctx, path, label, exporter, targets, reference)
+              for label, path in flavours.items()}
+    valid = valid and all(check.valid for check in checks.values())
     if "tensorrt" in formats:
-        write_tensorrt_recipe(ctx.staging / ONNX_DIR, exported.path.name, verification)
+        write_tensorrt_recipe(ctx.staging / ONNX_DIR, flavours["onnx-fp16"].name,
+                              checks["onnx-fp16"])
     if stage.parity and ctx.checkpoint is None:
         with ctx.progress.task("parity (onnxruntime vs torch)", 1) as advance, \
                 float32(ctx.loaded.model) as model:

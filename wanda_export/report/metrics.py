@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from wanda_export.bench.compare import comparison_dict
+from wanda_export.bench.shapes import parse_shape, tokens_per_second
 
 if TYPE_CHECKING:
     from wanda_export.allocation import Allocation
@@ -133,12 +134,17 @@ class LatencyRow:
     device: str | None = None
     dtype: str | None = None
 
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Tokens per second at the median (bench.shapes.tokens_per_second)."""
+        return tokens_per_second(parse_shape(self.shape), self.stats.p50_ms)
+
     def to_dict(self) -> dict[str, Any]:
-        """runtime, variant, shape, where it ran, then the statistics' fields."""
+        """runtime, variant, shape, where it ran, tokens/s, then the statistics' fields."""
         where = {"provider": self.provider, "device": self.device, "dtype": self.dtype}
         return {"runtime": self.runtime, "variant": self.variant, "shape": self.shape,
                 **{key: value for key, value in where.items() if value is not None},
-                **self.stats.to_dict()}
+                "tokens_per_second": self.tokens_per_second, **self.stats.to_dict()}
 
 
 @dataclass(slots=True)
