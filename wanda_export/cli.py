@@ -151,6 +151,27 @@ def _stop_signals_interrupt() -> Iterator[None]:
             signal.signal(number, action)
 
 
+def failure_of(error: BaseException, writing: str) -> tuple[int, str, str | None]:
+    """The exit code, message and hint of a failure: the mapping `_guarded` applies (the sweep
+    applies it to each variant). `writing` names the place for a disk error without a path."""
+    if isinstance(error, WandaExportError):
+        return error.exit_code, error.message, error.hint
+    if isinstance(error, KeyboardInterrupt):
+        by = f" by {error.signal_name}" if isinstance(error, Interrupted) else ""
+        kept = getattr(error, "kept", None) or "nothing was written"
+        return EXIT_INTERRUPTED, f"interrupted{by}; {kept}", None
+    if isinstance(error, MemoryError):
+        return EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen", None
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return EXIT_ENVIRONMENT, f"out of GPU memory: {error}", None
+    disk = disk_failure(error, writing)
+    if disk is not None:
+        return EXIT_ENVIRONMENT, disk, None
+    return EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}", None
+
+
 def _guarded(fn, *, as_json: bool = False, writing: str = "the outputs"):
     """Run `fn`, mapping every failure to its documented exit code (and, with --json, printing
     the error object). `writing` names the place for a disk error that carries no path."""
@@ -159,26 +180,14 @@ def _guarded(fn, *, as_json: bool = False, writing: str = "the outputs"):
             return fn()
     except typer.Exit:
         raise
-    except WandaExportError as error:
-        _fail(error.exit_code, error.message, as_json=as_json, hint=error.hint,
-              locations=getattr(error, "problems", None),
-              report=error.report if isinstance(error, GateFailure) else None)
-    except KeyboardInterrupt as error:
-        by = f" by {error.signal_name}" if isinstance(error, Interrupted) else ""
-        _fail(EXIT_INTERRUPTED, f"interrupted{by}; nothing was written", as_json=as_json)
-    except MemoryError:
-        _fail(EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen",
-              as_json=as_json)
-    except Exception as error:  # an unexpected failure is a bug: exit 1 with the traceback
-        import torch
-
-        if isinstance(error, torch.OutOfMemoryError):
-            _fail(EXIT_ENVIRONMENT, f"out of GPU memory: {error}", as_json=as_json)
-        disk = disk_failure(error, writing)
-        if disk is not None:
-            _fail(EXIT_ENVIRONMENT, disk, as_json=as_json)
-        log.exception("internal error")
-        _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}", as_json=as_json)
+    except (Exception, KeyboardInterrupt) as error:
+        code, message, hint = failure_of(error, writing)
+        if code == EXIT_INTERNAL:  # an unexpected failure is a bug: the traceback on stderr
+            log.exception("internal error")
+        known = isinstance(error, WandaExportError)
+        _fail(code, message, as_json=as_json, hint=hint,
+              locations=getattr(error, "problems", None) if known else None,
+              report=getattr(error, "report", None) if known else None)
 
 
 def _cache(cache_dir: Path | None):
@@ -289,6 +298,56 @@ def _stage_command(stage: str, summary: str):
 
 for _stage, _model in STAGE_MODELS.items():
     _stage_command(_stage, _model.summary)
+
+
+GridOpt = Annotated[list[str], typer.Option(
+    "--grid", help="KEY=V1,V2,...: a setting and the values to try (e.g. mask.sparsity=0.5,0.6);"
+    " several --grid options make a grid of every combination.", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="KEY=VALUE: override a setting of the file (e.g. calibrate.mode=dense).",
+    show_default=False)]
+
+
+@app.command()
+def sweep(file: FileArg, grid: GridOpt, out: OutOpt = "wanda-sweep", set_: SetOpt = None,
+          json_: JsonOpt = False, quiet: QuietOpt = False, cache_dir: CacheOpt = None,
+          force: ForceOpt = False) -> None:
+    """Run FILE once per combination of the --grid values, each into OUT/VARIANT, and compare
+    them (OUT/summary.md, OUT/report.json, OUT/charts/sweep.png). Exit code: the worst
+    variant's (1 > 4 > 2 > 3 > 0), 130 when interrupted (finished variants are kept)."""
+    _setup_logging(quiet)
+
+    def go():
+        from wanda_export.errors import VariantsFailed
+        from wanda_export.pipeline.outdir import parse_out
+        from wanda_export.pipeline.progress import NullProgress, RichProgress
+        from wanda_export.sweep import comparison, parse_axis, run_sweep
+
+        def on_failure(error: BaseException, release: Path) -> tuple[int, str]:
+            code, message, _hint = failure_of(error, f"the release {release}")
+            if code == EXIT_INTERNAL:
+                log.exception("variant %s: internal error", release.name)
+            log.error("variant %s failed (exit %d): %s", release.name, code, message)
+            return code, message
+
+        axes = [parse_axis(text) for text in grid]
+        result = run_sweep(file, axes, parse_out(out), sets=set_ or [], cache=_cache(cache_dir),
+                           progress=NullProgress() if quiet else RichProgress(stderr),
+                           force=force, on_failure=on_failure)
+        data = comparison(result)
+        lines = [f"sweep {data['status']} (exit code {data['exit_code']}): {result.out_dir}",
+                 f"  {data['calibration']['text']}"]
+        lines += [f"  {row['name']}: {row['status']} (exit {row['exit_code']})"
+                  for row in data["variants"]]
+        if result.exit_code:
+            if not json_:
+                _emit(False, None, "\n".join(lines))
+            raise VariantsFailed(f"{sum(row['exit_code'] != 0 for row in data['variants'])} of "
+                                 f"{len(data['variants'])} variants did not pass",
+                                 result.exit_code, report=data)
+        _emit(json_, data, "\n".join(lines))
+
+    _guarded(go, as_json=json_, writing=f"the sweep in --out {out}")
 
 
 @cache_app.command("ls")

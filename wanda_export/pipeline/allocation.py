@@ -15,9 +15,18 @@ from wanda_export.pipeline.run_plan import ESD_ALPHAS, OWL_STATISTICS, CacheUse
 
 
 def cached_dense_statistics(ctx: RunContext, use: CacheUse, hessian: bool
-                            ) -> tuple[dict[str, ChannelStats], bool]:
-    """The unpruned model's statistics (with X^T X when `hessian`) from the cache entry `use`,
-    computed by one dense pass on a miss; returns them and whether it was a hit."""
+                            ) -> tuple[dict[str, ChannelStats], str | None]:
+    """The unpruned model's statistics (with X^T X when `hessian`) from the cache entry `use`
+    (or an entry that serves it, its X^T X dropped), computed by one dense pass on a miss;
+    returns them and the key of the entry they came from (None: computed, a miss)."""
+    own = ctx.cache.contains(use.kind, use.key)
+    for key in () if own else use.served_by:
+        tensors = ctx.cache.get(use.kind, key)
+        if tensors is not None:
+            stats = stats_from_tensors(tensors)
+            for entry in stats.values():
+                entry.xtx = None
+            return stats, key
     windows = ctx.calibration_windows
 
     def compute():
@@ -28,7 +37,7 @@ def cached_dense_statistics(ctx: RunContext, use: CacheUse, hessian: bool
     tensors, hit = ctx.cache.get_or_compute(
         use.kind, use.key, compute, use.record,
         metadata={"mode": "dense", "targets": len(ctx.targets)})
-    return stats_from_tensors(tensors), hit
+    return stats_from_tensors(tensors), use.key if hit else None
 
 
 def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:

@@ -16,8 +16,8 @@ from wanda_export.pipeline.run_plan import STAGE_OF_STEP, CacheUse, plan_run
 
 
 def _row(use: CacheUse, cache: CacheStore) -> dict:
-    return {"stage": use.step, "key": use.key,
-            "cache": "hit" if cache.contains(use.kind, use.key) else "miss"}
+    hit = any(cache.contains(use.kind, key) for key in use.all_keys())
+    return {"stage": use.step, "key": use.key, "cache": "hit" if hit else "miss"}
 
 
 def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str) -> list[dict]:
