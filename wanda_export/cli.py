@@ -350,6 +350,28 @@ def sweep(file: FileArg, grid: GridOpt, out: OutOpt = "wanda-sweep", set_: SetOp
     _guarded(go, as_json=json_, writing=f"the sweep in --out {out}")
 
 
+ReportArg = Annotated[Path, typer.Argument(help="A release folder or its report.json.",
+                                           show_default=False)]
+
+
+@app.command()
+def diff(old: ReportArg, new: ReportArg, json_: JsonOpt = False, md: Annotated[bool, typer.Option(
+        "--md", help="Markdown for a pull-request comment.")] = False) -> None:
+    """Compare two runs: metrics, gates and plan of OLD and NEW side by side, with the change."""
+    def go():
+        from wanda_export.report.diff import diff_reports, diff_tables, load_report, render_diff_md
+
+        result = diff_reports(load_report(old), load_report(new))
+        if json_:
+            _print_json(result)
+        elif md:
+            sys.stdout.write(render_diff_md(result))
+        else:
+            Console(soft_wrap=True).print(*diff_tables(result))
+
+    _guarded(go, as_json=json_)
+
+
 @cache_app.command("ls")
 def cache_ls(json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
     """List cache entries."""
