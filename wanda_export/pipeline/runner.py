@@ -24,6 +24,7 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
+from wanda_export.export.model_card import write_model_card
 from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
@@ -113,6 +114,8 @@ def _write_outputs(ctx: RunContext) -> None:
     rows = [] if record.metrics.latency is None else record.metrics.latency.comparison
     if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
         charts["dense vs sparse latency"] = "charts/latency.png"
+    if (staging / CHECKPOINT_DIR).is_dir():
+        write_model_card(record.to_dict(), ctx.config, staging / CHECKPOINT_DIR)
     record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
                                                    if (staging / d).is_dir()})
     write_manifest(record.artifacts, staging / "manifest.json")
