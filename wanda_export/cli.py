@@ -372,6 +372,26 @@ def diff(old: ReportArg, new: ReportArg, json_: JsonOpt = False, md: Annotated[b
     _guarded(go, as_json=json_)
 
 
+@app.command()
+def push(out: Annotated[Path, typer.Argument(help="A release folder (the --out of a run).",
+                                             show_default=False)],
+         repo_id: Annotated[str, typer.Option("--repo-id", help="The hub model repo, ORG/NAME.",
+                                              show_default=False)],
+         private: Annotated[bool, typer.Option(
+             "--private", help="Create the repo private (an existing repo keeps its setting).")
+         ] = False, json_: JsonOpt = False) -> None:
+    """Upload a release's model/ (and onnx/) to the Hugging Face Hub in one commit, after
+    checking every file against its manifest (exit 4 offline or without a token)."""
+    def go():
+        from wanda_export.pipeline.publish import push_release
+
+        result = push_release(out, repo_id, private=private)
+        _emit(json_, result, f"pushed {result['files']} files to {result['repo_id']}: "
+                             f"{result['url']}")
+
+    _guarded(go, as_json=json_)
+
+
 @cache_app.command("ls")
 def cache_ls(json_: JsonOpt = False, cache_dir: CacheOpt = None) -> None:
     """List cache entries."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import invoke
 
-from wanda_export.export.model_card import base_model_facts, card_metadata, front_matter
+from wanda_export.report.model_card import base_model_facts, card_metadata, front_matter
 
 
 def test_every_release_has_a_card_that_huggingface_hub_parses(write_pipeline, workdir):

@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from wanda_export.atomic import atomic_write_bytes
-from wanda_export.config import PipelineConfig
 from wanda_export.report.markdown import number, percent, table
 
 CARD_FILE = "README.md"
@@ -102,9 +101,9 @@ def card_metadata(report: dict[str, Any], facts: dict[str, Any]) -> dict[str, An
     return metadata
 
 
-def _pruning(report: dict[str, Any], config: PipelineConfig) -> list[str]:
+def _pruning(report: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     plan, sparsity = report.get("plan") or {}, report.get("sparsity") or {}
-    calibration = config.data.calibration
+    calibration = (settings.get("data") or {}).get("calibration")
     rows = [["method", plan.get("method") or "—"], ["pattern", plan.get("pattern") or "—"],
             ["target sparsity", percent(plan.get("sparsity"))],
             ["measured sparsity (pruned linears)", percent(sparsity.get("overall"))],
@@ -112,9 +111,10 @@ def _pruning(report: dict[str, Any], config: PipelineConfig) -> list[str]:
             ["calibration", f"{plan.get('mode', '—')} mode"], ["pruned linears",
                                                                  plan.get("targets", "—")]]
     if calibration is not None:
-        where = calibration.path or calibration.dataset or "the offline corpus (stdlib docstrings)"
-        text = (f"{calibration.source}: {where}; {calibration.nsamples} windows x "
-                f"{calibration.seqlen} tokens, seed {calibration.seed}")
+        where = (calibration.get("path") or calibration.get("dataset")
+                 or "the offline corpus (stdlib docstrings)")
+        text = (f"{calibration['source']}: {where}; {calibration['nsamples']} windows x "
+                f"{calibration['seqlen']} tokens, seed {calibration['seed']}")
         rows.append(["calibration data", text])
     return ["## Pruning", "", *table(["", ""], rows), ""]
 
@@ -148,8 +148,10 @@ def _gates(report: dict[str, Any]) -> list[str]:
                                            rows), ""]
 
 
-def render_model_card(report: dict[str, Any], config: PipelineConfig) -> str:
-    """The whole card: front matter, then pruning, evaluation, gates, usage and the config."""
+def render_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The whole card of a run's `report` (report.json's content) and `settings` (the pipeline
+    as JSON data, every default filled in): front matter, then pruning, evaluation, gates,
+    usage and the config."""
     facts = base_model_facts(report.get("model") or {})
     metadata = card_metadata(report, facts)
     name = model_name(report.get("model") or {}, facts.get("base_model"))
@@ -157,7 +159,7 @@ def render_model_card(report: dict[str, Any], config: PipelineConfig) -> str:
     what = (f"{plan.get('method', 'pruned')}, {percent(plan.get('sparsity'))} "
             f"{plan.get('pattern', '')}").strip()
     link = f"[{name}](https://huggingface.co/{name})" if facts.get("base_model") else f"`{name}`"
-    settings = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    config = yaml.safe_dump(settings, sort_keys=False)
     intro = (f"{link} pruned by [wanda-export](https://pypi.org/project/wanda-export/) "
              f"{report.get('tool_version', '')}: the zeros are stored in ordinary dense tensors, "
              "so the checkpoint loads anywhere the base model loads; a speedup needs a runtime "
@@ -172,14 +174,14 @@ def render_model_card(report: dict[str, Any], config: PipelineConfig) -> str:
     lines = [
         "---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "",
         f"# {name.rsplit('/', 1)[-1]}, pruned ({what})", "", intro, "", status, "",
-        *_pruning(report, config), *_evaluation(report), *_gates(report),
+        *_pruning(report, settings), *_evaluation(report), *_gates(report),
         "## Usage", "", *usage, "", "`pruning.json` beside the weights holds the per-layer plan.",
-        "", "## Reproduce", "", reproduce, "", "```yaml", settings.rstrip(), "```", "",
+        "", "## Reproduce", "", reproduce, "", "```yaml", config.rstrip(), "```", "",
     ]
     return "\n".join(lines)
 
 
-def write_model_card(report: dict[str, Any], config: PipelineConfig, folder: Path) -> Path:
+def write_model_card(report: dict[str, Any], settings: dict[str, Any], folder: Path) -> Path:
     """Write `folder/README.md` (the checkpoint folder of a release), atomically."""
     return atomic_write_bytes(Path(folder) / CARD_FILE,
-                              render_model_card(report, config).encode("utf-8"))
+                              render_model_card(report, settings).encode("utf-8"))
