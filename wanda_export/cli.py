@@ -321,7 +321,7 @@ def sweep(file: FileArg, grid: GridOpt, out: OutOpt = "wanda-sweep", set_: SetOp
         from wanda_export.errors import VariantsFailed
         from wanda_export.pipeline.outdir import parse_out
         from wanda_export.pipeline.progress import NullProgress, RichProgress
-        from wanda_export.sweep import comparison, parse_axis, run_sweep
+        from wanda_export.sweep import comparison, comparison_text, parse_axis, run_sweep
 
         def on_failure(error: BaseException, release: Path) -> tuple[int, str]:
             code, message, _hint = failure_of(error, f"the release {release}")
@@ -335,17 +335,13 @@ def sweep(file: FileArg, grid: GridOpt, out: OutOpt = "wanda-sweep", set_: SetOp
                            progress=NullProgress() if quiet else RichProgress(stderr),
                            force=force, on_failure=on_failure)
         data = comparison(result)
-        lines = [f"sweep {data['status']} (exit code {data['exit_code']}): {result.out_dir}",
-                 f"  {data['calibration']['text']}"]
-        lines += [f"  {row['name']}: {row['status']} (exit {row['exit_code']})"
-                  for row in data["variants"]]
         if result.exit_code:
             if not json_:
-                _emit(False, None, "\n".join(lines))
-            raise VariantsFailed(f"{sum(row['exit_code'] != 0 for row in data['variants'])} of "
-                                 f"{len(data['variants'])} variants did not pass",
+                _emit(False, None, comparison_text(data))
+            failed = sum(row["exit_code"] != 0 for row in data["variants"])
+            raise VariantsFailed(f"{failed} of {len(data['variants'])} variants did not pass",
                                  result.exit_code, report=data)
-        _emit(json_, data, "\n".join(lines))
+        _emit(json_, data, comparison_text(data))
 
     _guarded(go, as_json=json_, writing=f"the sweep in --out {out}")
 

@@ -55,7 +55,14 @@ def test_wanda_from_the_sparsegpt_entry_prunes_as_from_its_own(write_pipeline, w
                     "--out", str(swept), "--quiet", "--cache-dir", str(workdir / "other-cache"))
     assert result.exit_code == 0, result.output
     mine = json.loads((swept / "method-wanda" / "report.json").read_text())
-    assert next(s for s in mine["stages"] if s["name"] == "calibrate")["cache"] == "hit"
+    calibrate = next(s for s in mine["stages"] if s["name"] == "calibrate")
+    assert calibrate["cache"] == "hit"
+    plan = invoke("plan", str(pipeline), "--json", "--cache-dir", str(workdir / "other-cache"))
+    rows = {row["stage"]: row["cache"] for row in json.loads(plan.stdout)["stages"]}
+    assert rows["calibrate"] == "hit"  # served by the sparsegpt entry: plan agrees with the run
+    entries = workdir / "other-cache" / "calibration"
+    assert not list(entries.glob(f"*/{calibrate['detail']['key']}"))  # Wanda wrote no entry
+    assert list(entries.glob(f"*/{calibrate['detail']['served_by']}"))
     reference = json.loads((alone / "report.json").read_text())
     assert mine["metrics"]["perplexity"] == reference["metrics"]["perplexity"]
     assert ((swept / "method-wanda" / "model" / "model.safetensors").read_bytes()
@@ -132,6 +139,16 @@ def test_an_interrupt_stops_the_sweep_with_130_and_keeps_finished_variants(
     # the folder is a sweep of this tool: a rerun may write into it
     assert invoke("sweep", str(write_pipeline()), "--grid", "mask.sparsity=0.5",
                   "--out", str(out), "--quiet").exit_code == 0
+
+
+def test_a_sweep_does_not_write_into_a_run_release(write_pipeline, workdir):
+    out = workdir / "release"
+    assert invoke("run", str(write_pipeline()), "--out", str(out), "--quiet").exit_code == 0
+    before = sorted(path.name for path in out.iterdir())
+    result = invoke("sweep", str(write_pipeline()), "--grid", "mask.sparsity=0.5", "--out",
+                    str(out), "--quiet")
+    assert result.exit_code == 2 and "holds the release of a run" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == before
 
 
 @pytest.mark.parametrize(("args", "phrase"), [

@@ -3,7 +3,7 @@ folder, and a comparison of them (report.json, summary.md, a chart). `run_sweep`
 through the one pipeline runner; `grid.py` expands the grid; `compare.py` writes the comparison.
 """
 
-from wanda_export.sweep.compare import comparison, write_comparison
+from wanda_export.sweep.compare import comparison, comparison_text, write_comparison
 from wanda_export.sweep.grid import Axis, Variant, expand, parse_axis
 from wanda_export.sweep.result import EXIT_SEVERITY, SweepResult, VariantResult, worst_exit
 from wanda_export.sweep.runner import run_sweep
@@ -15,6 +15,7 @@ __all__ = [
     "Variant",
     "VariantResult",
     "comparison",
+    "comparison_text",
     "expand",
     "parse_axis",
     "run_sweep",

@@ -138,6 +138,16 @@ def render_comparison_md(data: dict[str, Any], chart: str | None) -> str:
     return "\n".join(lines)
 
 
+def comparison_text(data: dict[str, Any]) -> str:
+    """The comparison for a terminal: the status, the calibration sentence, a line a variant."""
+    lines = [f"sweep {data['status']} (exit code {data['exit_code']})",
+             f"  {data['calibration']['text']}"]
+    lines += [f"  {row['name']}: {row['status']} (exit {row['exit_code']})"
+              + (f": {row['message'].splitlines()[0]}" if row["message"] else "")
+              for row in data["variants"]]
+    return "\n".join(lines)
+
+
 def write_comparison(result: SweepResult) -> dict[str, Any]:
     """Write report.json, summary.md and the chart (when matplotlib is there) into the sweep's
     folder, each atomically; return the comparison."""

@@ -10,6 +10,7 @@ interrupt stops the sweep, keeping the finished variants and a comparison of the
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,12 @@ from pathlib import Path
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig
 from wanda_export.errors import EXIT_CONFIG, ConfigError
-from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
+from wanda_export.pipeline.outdir import (
+    REPORT_FILE,
+    check_out_dir,
+    protected_paths,
+    write_marker,
+)
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.runner import run_pipeline
 from wanda_export.sweep.compare import write_comparison
@@ -44,6 +50,18 @@ def _configs(file: Path, variants: list[Variant], sets: list[str],
             results[variant.name].exit_code, results[variant.name].message = (
                 EXIT_CONFIG, error.message)
     return configs
+
+
+def _refuse_a_run_release(out_dir: Path) -> None:
+    """A sweep writes into its folder (variants of an earlier sweep not in this grid stay):
+    refuse a folder holding one run's release, whose files would mix with the variants."""
+    try:
+        kind = json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return
+    if kind != "sweep":
+        raise ConfigError(f"--out {out_dir} holds the release of a run, not a sweep",
+                          hint="choose a new or empty folder for the sweep's --out")
 
 
 def _run_order(variants: list[Variant], configs: dict[str, PipelineConfig]) -> list[Variant]:
@@ -80,6 +98,7 @@ def run_sweep(file: str | Path, axes: list[Axis], out_dir: Path, *, sets: Sequen
     first = next(iter(configs.values()))
     result.out_dir = check_out_dir(Path(out_dir), protected_paths(first, cache.root),
                                    force=force)
+    _refuse_a_run_release(result.out_dir)
     result.out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(result.out_dir)
     write_comparison(result)
