@@ -1,4 +1,5 @@
-"""The `wanda-export` command line. The only place that turns exceptions into exit codes.
+"""The `wanda-export` command line; every command runs through `guard.guarded`, the one place
+that turns exceptions into exit codes.
 
 Results (human text, or JSON with --json) go to stdout; logs, progress bars and errors go to
 stderr (console.py). With --json every failing exit also prints an error object on stdout.
@@ -8,9 +9,7 @@ Every command takes -h, --json, -q and -v; the pipeline commands take --set KEY=
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,27 +28,21 @@ from wanda_export.console import (
     emit,
     error_object,
     log,
-    print_error,
     print_json,
-    results_on_stdout,
+    print_rich,
     setup_logging,
     stderr,
     verbosity,
 )
 from wanda_export.errors import (
-    EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
     ConfigError,
     GateFailure,
-    Interrupted,
-    WandaExportError,
-    disk_failure,
 )
+from wanda_export.guard import failure_of, guarded
 
 JSON_FLAG = "--json"
 DEFAULT_OUT = "wanda-out"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -141,71 +134,9 @@ class Overrides:
 
         options = {"--device": ("model.device", self.device), "--dtype": ("model.dtype",
                                                                          self.dtype)}
-        extra = [parse_override(f"{key}={value}", option=option)
+        extra = [parse_override(f"{key}={value}", option=option, keyed=False)
                  for option, (key, value) in options.items() if value is not None]
         return load_config(file, [*(self.sets or []), *extra])
-
-
-def _fail(code: int, message: str, *, as_json: bool, hint: str | None = None,
-          locations: list[dict] | None = None, report: dict | None = None) -> None:
-    print_error(message, hint)
-    if as_json:
-        print_json({**(report or {}), "error": error_object(code, message, hint, locations)})
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
-    """For the command's duration, SIGINT and SIGTERM both raise `Interrupted` (a
-    KeyboardInterrupt), so one cleanup path serves both; a repeat while cleaning up is ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        for number in STOP_SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
-
-
-def _guarded(fn, *, as_json: bool = False, writing: str = "the outputs"):
-    """Run `fn` with stdout kept for results, mapping every failure to its documented exit code
-    (and, with --json, printing the error object). `writing` names the place for a disk error
-    that carries no path."""
-    with results_on_stdout():
-        try:
-            with _stop_signals_interrupt():
-                return fn()
-        except typer.Exit:
-            raise
-        except WandaExportError as error:
-            _fail(error.exit_code, error.message, as_json=as_json, hint=error.hint,
-                  locations=getattr(error, "problems", None),
-                  report=error.report if isinstance(error, GateFailure) else None)
-        except KeyboardInterrupt as error:
-            by = f" by {error.signal_name}" if isinstance(error, Interrupted) else ""
-            _fail(EXIT_INTERRUPTED, f"interrupted{by}; nothing was written", as_json=as_json)
-        except MemoryError:
-            _fail(EXIT_ENVIRONMENT, "out of memory; try a smaller batch_size, nsamples or seqlen",
-                  as_json=as_json)
-        except Exception as error:  # noqa: BLE001 (a bug: exit 1, traceback logged below)
-            import torch
-
-            if isinstance(error, torch.OutOfMemoryError):
-                _fail(EXIT_ENVIRONMENT, f"out of GPU memory: {error}", as_json=as_json)
-            disk = disk_failure(error, writing)
-            if disk is not None:
-                _fail(EXIT_ENVIRONMENT, disk, as_json=as_json)
-            log.exception("internal error")
-            _fail(EXIT_INTERNAL, f"internal error: {type(error).__name__}: {error}",
-                  as_json=as_json)
 
 
 def _cache(cache_dir: Path | None):
@@ -221,7 +152,7 @@ def _command(fn, as_json: bool, quiet: bool, verbose: bool, **guard: str) -> Non
         setup_logging(level)
         return fn(level)
 
-    _guarded(go, as_json=as_json, **guard)
+    guarded(go, as_json=as_json, **guard)
 
 
 def _run(file: Path, out_text: str, as_json: bool, quiet: bool, verbose: bool, cache_dir,
@@ -324,6 +255,89 @@ def _stage_command(stage: str, summary: str):
 
 for _stage, _model in STAGE_MODELS.items():
     _stage_command(_stage, _model.summary)
+
+
+GridOpt = Annotated[list[str], typer.Option(
+    "--grid", help="KEY=V1,V2,...: a setting and the values to try (e.g. mask.sparsity=0.5,0.6);"
+    " several --grid options make a grid of every combination.", show_default=False)]
+
+
+@app.command()
+def sweep(file: FileArg, grid: GridOpt, out: OutOpt = "wanda-sweep", set_: SetOpt = None,
+          json_: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+          cache_dir: CacheOpt = None, force: ForceOpt = False) -> None:
+    """Run FILE once per combination of the --grid values, each into OUT/VARIANT, and compare
+    them (OUT/summary.md, OUT/report.json, OUT/charts/sweep.png). Exit code: the worst
+    variant's (1 > 4 > 2 > 3 > 0), 130 when interrupted (finished variants are kept)."""
+    def go(level: int):
+        from wanda_export.errors import VariantsFailed
+        from wanda_export.pipeline.outdir import parse_out
+        from wanda_export.pipeline.progress import NullProgress, RichProgress
+        from wanda_export.sweep import comparison, comparison_text, parse_axis, run_sweep
+
+        def on_failure(error: BaseException, release: Path) -> tuple[int, str]:
+            code, message, _hint = failure_of(error, f"the release {release}")
+            if code == EXIT_INTERNAL:
+                log.exception("variant %s: internal error", release.name)
+            log.error("variant %s failed (exit %d): %s", release.name, code, message)
+            return code, message
+
+        axes = [parse_axis(text) for text in grid]
+        result = run_sweep(file, axes, parse_out(out), sets=set_ or [], cache=_cache(cache_dir),
+                           progress=NullProgress() if level == QUIET else RichProgress(stderr),
+                           force=force, on_failure=on_failure)
+        data = comparison(result)
+        if result.exit_code:
+            if not json_:
+                emit(False, None, comparison_text(data))
+            failed = sum(row["exit_code"] != 0 for row in data["variants"])
+            raise VariantsFailed(f"{failed} of {len(data['variants'])} variants did not pass",
+                                 result.exit_code, report=data)
+        emit(json_, data, comparison_text(data))
+
+    _command(go, json_, quiet, verbose, writing=f"the sweep in --out {out}")
+
+
+ReportArg = Annotated[Path, typer.Argument(help="A release folder or its report.json.",
+                                           show_default=False)]
+
+
+@app.command()
+def diff(old: ReportArg, new: ReportArg, json_: JsonOpt = False, md: Annotated[bool, typer.Option(
+        "--md", help="Markdown for a pull-request comment.")] = False, quiet: QuietOpt = False,
+         verbose: VerboseOpt = False) -> None:
+    """Compare two runs: metrics, gates and plan of OLD and NEW side by side, with the change."""
+    def go(level: int):
+        from wanda_export.report.diff import diff_reports, diff_tables, load_report, render_diff_md
+
+        result = diff_reports(load_report(old), load_report(new))
+        if json_ or md:
+            emit(json_, result, render_diff_md(result) if md else "")
+        else:
+            print_rich(*diff_tables(result))
+
+    _command(go, json_, quiet, verbose)
+
+
+@app.command()
+def push(out: Annotated[Path, typer.Argument(help="A release folder (the --out of a run).",
+                                             show_default=False)],
+         repo_id: Annotated[str, typer.Option("--repo-id", help="The hub model repo, ORG/NAME.",
+                                              show_default=False)],
+         private: Annotated[bool, typer.Option(
+             "--private", help="Create the repo private (an existing repo keeps its setting).")
+         ] = False, json_: JsonOpt = False, quiet: QuietOpt = False,
+         verbose: VerboseOpt = False) -> None:
+    """Upload a release's model/ (and onnx/) to the Hugging Face Hub in one commit, after
+    checking every file against its manifest (exit 4 offline or without a token)."""
+    def go(level: int):
+        from wanda_export.pipeline.publish import push_release
+
+        result = push_release(out, repo_id, private=private)
+        emit(json_, result, f"pushed {result['files']} files to {result['repo_id']}: "
+                             f"{result['url']}")
+
+    _command(go, json_, quiet, verbose)
 
 
 def _entry_rows(entries) -> list[dict]:

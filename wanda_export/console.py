@@ -78,6 +78,11 @@ def print_json(payload: Any) -> None:
     _stdout().write(json.dumps(payload, indent=2) + "\n")
 
 
+def print_rich(*renderables: Any) -> None:
+    """Rich renderables (tables) as a command's result on stdout."""
+    Console(file=_stdout(), soft_wrap=True).print(*renderables)
+
+
 def emit(as_json: bool, payload: Any, human: str) -> None:
     """A command's result on stdout: `payload` as JSON with --json, else the `human` text."""
     if as_json:

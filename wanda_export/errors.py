@@ -72,6 +72,16 @@ class GateFailure(WandaExportError):
         self.report = report
 
 
+class VariantsFailed(WandaExportError):
+    """A sweep in which not every variant passed: the exit code is the worst of theirs (see
+    `sweep/result.EXIT_SEVERITY`); `report` is the sweep's comparison."""
+
+    def __init__(self, message: str, exit_code: int, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.report = report
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop signal (SIGINT or SIGTERM) raised as the same exception as Ctrl-C, so that every
     cleanup written for one runs for both."""

@@ -45,21 +45,21 @@ class Override:
     key: str
     parts: tuple[str, ...]
     value: Any
-    option: str = SET_OPTION
+    label: str  # where a problem with it is reported: `--set mask.sparsity`, `--device`
 
     @property
-    def label(self) -> str:
-        """Where a problem with this value is reported: `--set mask.sparsity`, or the option
-        that stands for one key (`--device`)."""
-        return f"{SET_OPTION} {self.key}" if self.option == SET_OPTION else self.option
+    def text(self) -> str:
+        """The override as `KEY=VALUE` again, for logs."""
+        return f"{self.key}={self.value}"
 
 
-def parse_override(text: str, *, option: str = SET_OPTION) -> Override:
-    """Read one `KEY=VALUE` given to `option` (`--set`, or an option standing for one key such
-    as `--device`); raises ConfigError naming the override when it is malformed."""
+def parse_override(text: str, *, option: str = SET_OPTION, keyed: bool = True) -> Override:
+    """Read one `KEY=VALUE` given to `option`: an option that takes keys (`--set`, the sweep's
+    `--grid`), located as `--set KEY`, or with `keyed=False` an option standing for one key
+    (`--device`), located as the option. Raises ConfigError naming it when it is malformed."""
     key, equals, value_text = text.partition("=")
     key = key.strip()
-    where = f"{SET_OPTION} {key or text}" if option == SET_OPTION else option
+    where = f"{option} {key or text}" if keyed else option
     if len(text) > MAX_OVERRIDE_CHARS:
         raise OverrideError(where, f"the override is {len(text):,} characters, over the limit "
                           f"of {MAX_OVERRIDE_CHARS:,}")
@@ -78,7 +78,7 @@ def parse_override(text: str, *, option: str = SET_OPTION) -> Override:
         if not isinstance(error, yaml.constructor.ConstructorError):
             reason += "; quote a string holding ':' or '#'"
         raise OverrideError(where, f"the value is not valid YAML ({reason})") from None
-    return Override(key, parts, value, option)
+    return Override(key, parts, value, where)
 
 
 def _data_path(data: dict[str, Any], override: Override) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ allowed values, bounds and the rules that tie settings of one stage together. Th
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
@@ -85,8 +86,7 @@ class ScoreStage(StrictModel):
     ria scores (|W|/row sum + |W|/column sum) * ||X||^`exponent` (the paper's a).
     """
 
-    summary: ClassVar[str] = ("Score weights (Wanda |W|*||X||, magnitude, or SparseGPT's "
-                              "reconstruction).")
+    summary: ClassVar[str] = "Score weights (Wanda, RIA, magnitude, or SparseGPT's update)."
     # Settings only method sparsegpt takes (they also key sequential statistics).
     SPARSEGPT_SETTINGS: ClassVar[tuple[str, ...]] = ("dampening", "block_size")
     # Settings only method ria takes (they also key sequential statistics).
@@ -241,6 +241,33 @@ class EvaluateStage(StrictModel):
     dense_baseline: bool = True
 
 
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is not a Hugging Face model repo id ORG/NAME, or None when it is one."""
+    if HUB_REPO_ID.fullmatch(repo_id) and ".." not in repo_id and "--" not in repo_id:
+        return None
+    return (f"{repo_id!r} is not a hub repo id: ORG/NAME with letters, digits, '.', '_' or '-' "
+            "(no '--' or '..', at most 96 characters each)")
+
+
+class PushToHub(StrictModel):
+    """Upload the release's model/ (and onnx/) to the Hugging Face Hub after a run whose gates
+    passed (`wanda-export push` does the same for any release)."""
+
+    repo_id: str
+    private: bool = False
+
+    @field_validator("repo_id")
+    @classmethod
+    def _a_repo_id(cls, value: str) -> str:
+        message = repo_id_problem(value)
+        if message:
+            raise custom_error(message)
+        return value
+
+
 class ExportStage(StrictModel):
     """Write the pruned model; a list of format names so new formats are additive.
 
@@ -265,6 +292,7 @@ class ExportStage(StrictModel):
     parity: bool = True
     parity_tokens: int = Field(32, ge=1, le=MAX_PARITY_TOKENS)
     max_shard_size: str = "2GiB"  # safetensors shards written while streaming
+    push_to_hub: PushToHub | None = None
 
     @model_validator(mode="after")
     def _bf16_needs_genai(self) -> Self:

@@ -131,7 +131,7 @@ def load_error(repo_id: str, revision: str | None, reason: str | None,
         if isinstance(cause, (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError,
                               RemoteEntryNotFoundError)):
             return not_found(repo_id, revision, cause)
-    if any(_environmental(cause) for cause in chain):
+    if any(environmental(cause) for cause in chain):
         return EnvironmentProblem(f"could not download {repo_id!r} from the Hugging Face hub: "
                                   f"{first_line(error)}",
                                   hint=f"check the network and disk space, {LOCAL_HINT}")
@@ -148,7 +148,7 @@ def _chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def _environmental(error: BaseException) -> bool:
+def environmental(error: BaseException) -> bool:
     """Whether an error is the machine's or the network's: an OS error with an errno (disk
     full, permission), a connection or timeout error, or an HTTP client's error."""
     from huggingface_hub.errors import LocalEntryNotFoundError

@@ -32,13 +32,22 @@ def _dense_pass(ctx: RunContext, hessian: bool) -> dict[str, ChannelStats]:
 
 
 def cached_dense_statistics(ctx: RunContext, use: CacheUse, hessian: bool
-                            ) -> tuple[dict[str, ChannelStats], bool]:
-    """The unpruned model's statistics (with X^T X when `hessian`) from the cache entry `use`,
-    computed by one dense pass on a miss; returns them and whether it was a hit."""
+                            ) -> tuple[dict[str, ChannelStats], str | None]:
+    """The unpruned model's statistics (with X^T X when `hessian`) from the cache entry `use`
+    (or an entry that serves it, its X^T X dropped), computed by one dense pass on a miss;
+    returns them and the key of the entry they came from (None: computed, a miss)."""
+    own = ctx.cache.contains(use.kind, use.key)
+    for key in () if own else use.served_by:
+        tensors = ctx.cache.get(use.kind, key)
+        if tensors is not None:
+            stats = stats_from_tensors(tensors)
+            for entry in stats.values():
+                entry.xtx = None
+            return stats, key
     tensors, hit = ctx.cache.get_or_compute(
         use.kind, use.key, lambda: stats_to_tensors(_dense_pass(ctx, hessian)), use.record,
         metadata={"mode": "dense", "targets": len(ctx.targets)})
-    return stats_from_tensors(tensors), hit
+    return stats_from_tensors(tensors), use.key if hit else None
 
 
 def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
@@ -52,8 +61,8 @@ def dense_statistics(ctx: RunContext) -> dict[str, ChannelStats]:
     if step == CALIBRATE and ctx.spec.needs_hessian:
         ctx.allocation_inputs["dense_statistics"] = "computed"
         return _dense_pass(ctx, hessian=False)
-    stats, hit = cached_dense_statistics(ctx, ctx.run_plan.use(step), hessian=False)
-    ctx.allocation_inputs["dense_statistics"] = "hit" if hit else "miss"
+    stats, entry = cached_dense_statistics(ctx, ctx.run_plan.use(step), hessian=False)
+    ctx.allocation_inputs["dense_statistics"] = "miss" if entry is None else "hit"
     return stats
 
 

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 
 def _row(use: CacheUse, cache: CacheStore) -> dict:
-    return {"stage": use.step, "key": use.key,
-            "cache": "hit" if cache.contains(use.kind, use.key) else "miss"}
+    hit = any(cache.contains(use.kind, key) for key in use.all_keys())
+    return {"stage": use.step, "key": use.key, "cache": "hit" if hit else "miss"}
 
 
 def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str,

@@ -33,12 +33,19 @@ Windows = Callable[[], torch.Tensor]
 @dataclass(frozen=True)
 class CacheUse:
     """One cache entry a run reads, computed and written on a miss: which step uses it, the
-    entry's kind and key, and the record the key is the digest of."""
+    entry's kind and key, and the record the key is the digest of. `served_by` lists keys of
+    entries that hold the same statistics and more (dense statistics with X^T X, written for
+    SparseGPT, serve Wanda too), tried when the entry itself is missing."""
 
     step: str
     kind: str
     key: str
     record: dict[str, Any]
+    served_by: tuple[str, ...] = ()
+
+    def all_keys(self) -> tuple[str, ...]:
+        """The entry's own key, then the keys of the entries that can serve it."""
+        return (self.key, *self.served_by)
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,16 @@ def plan_run(config: PipelineConfig, stage_names: list[str], fingerprint: str,
         calibration = "sequential" if spec.calibrates_sequentially else "dense"
         windows = calibration_windows()
         owl_dense_pass = spec.allocation == "owl" and calibration == "sequential"
+        with_hessian = calibration_key_for(config, fingerprint, windows, target_names,
+                                           mode="dense", hessian=True).digest()
         if owl_dense_pass:
             key = calibration_key_for(config, fingerprint, windows, target_names, mode="dense",
                                       hessian=False)
-            uses.append(CacheUse(OWL_STATISTICS, CALIBRATION, key.digest(), key.record()))
+            uses.append(CacheUse(OWL_STATISTICS, CALIBRATION, key.digest(), key.record(),
+                                 served_by=(with_hessian,)))
         key = calibration_key_for(config, fingerprint, windows, target_names, mode=calibration)
-        uses.append(CacheUse(CALIBRATE, CALIBRATION, key.digest(), key.record()))
+        served_by = (with_hessian,) if calibration == "dense" and not spec.needs_hessian else ()
+        uses.append(CacheUse(CALIBRATE, CALIBRATION, key.digest(), key.record(), served_by))
     if spec is not None and "mask" in stage_names and spec.allocation == "alphapruning":
         key = esd_alphas_key(fingerprint, target_names, spec.alpha_xmin)
         uses.append(CacheUse(ESD_ALPHAS, ALPHAS, key, {"schema": "esd-alphas", "key": key}))

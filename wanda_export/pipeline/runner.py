@@ -31,6 +31,7 @@ from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
+from wanda_export.pipeline.publish import hub_token, push_release
 from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY, plan_run
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.pipeline.streamed import (
@@ -51,6 +52,7 @@ from wanda_export.report import (
     write_report_json,
     write_summary_md,
 )
+from wanda_export.report.model_card import write_model_card
 from wanda_export.report.provenance import created_now, host, versions
 from wanda_export.report.record import RunRecord, StageRecord
 
@@ -119,6 +121,9 @@ def _write_outputs(ctx: RunContext) -> None:
     rows = [] if record.metrics.latency is None else record.metrics.latency.comparison
     if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
         charts["dense vs sparse latency"] = "charts/latency.png"
+    if (staging / CHECKPOINT_DIR).is_dir():
+        write_model_card(record.to_dict(), ctx.config.model_dump(mode="json"),
+                         staging / CHECKPOINT_DIR)
     record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
                                                    if (staging / d).is_dir()})
     write_manifest(record.artifacts, staging / "manifest.json")
@@ -156,6 +161,9 @@ def run_pipeline(
         names = names[: names.index(until) + 1]
     # a gated runtime this machine lacks: exit 4 before any work
     availability = check_runtimes(config) if "benchmark" in names else {}
+    push = _push_setting(config) if until is None else None
+    if push is not None:  # offline or without a token: exit 4 before any work
+        hub_token()
     memory = decide_memory_mode(config, names, skeleton)
     log.info("memory: %s", memory.describe())
     if memory.streaming:
@@ -208,4 +216,12 @@ def run_pipeline(
         _write_outputs(ctx)
         check_out_dir(out_dir, protected, force=force)  # nothing moved in while we ran
         replace_directory(staging, out_dir)
-        return record
+    if push is not None and record.exit_code == EXIT_OK:
+        push_release(out_dir, push.repo_id, private=push.private)
+    return record
+
+
+def _push_setting(config: PipelineConfig):
+    """The export stage's `push_to_hub` setting (None without one or without an export)."""
+    export = config.stage("export")
+    return None if export is None else export.push_to_hub

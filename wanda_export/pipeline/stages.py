@@ -47,8 +47,10 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
         return StageRecord("calibrate", status="skipped",
                            detail={"reason": "the scoring method needs no activations"})
     windows, use = ctx.calibration_windows, plan.use(CALIBRATE)
+    served_by = None
     if not plan.prunes_during_calibration:
-        ctx.stats, hit = cached_dense_statistics(ctx, use, spec.needs_hessian)
+        ctx.stats, entry = cached_dense_statistics(ctx, use, spec.needs_hessian)
+        hit, served_by = entry is not None, entry if entry != use.key else None
     else:
         def compute():
             allocation = ensure_allocation(ctx)
@@ -68,7 +70,8 @@ def run_calibrate(ctx: RunContext) -> StageRecord:
     return StageRecord("calibrate", cache="hit" if hit else "miss",
                        detail={"key": use.key, "mode": plan.calibration,
                                "tokens": int(windows.numel()),
-                               "pruned": ctx.pruned_in_calibration})
+                               "pruned": ctx.pruned_in_calibration,
+                               **({"served_by": served_by} if served_by else {})})
 
 
 def run_score(ctx: RunContext) -> StageRecord:
@@ -87,7 +90,9 @@ def _record_sparsity(ctx: RunContext) -> SparsityRecord:
     ctx.record.sparsity = SparsityRecord(
         pattern=str(ctx.pattern), target=ctx.spec.sparsity if ctx.spec else None,
         report=verify_targets(ctx.targets, ctx.pattern), allocation=ctx.allocation,
-        permuted=ctx.permuted, importance_kept=ctx.importance_kept or None)
+        permuted=ctx.permuted, importance_kept={  # in model order, whatever finished first
+            t.name: ctx.importance_kept[t.name] for t in ctx.targets
+            if t.name in ctx.importance_kept} or None)
     return ctx.record.sparsity
 
 

@@ -14,28 +14,15 @@ from typing import Any
 from wanda_export.atomic import atomic_write_bytes
 from wanda_export.report.charts import model_label
 from wanda_export.report.gates import gate_summary
+from wanda_export.report.markdown import number as _number
+from wanda_export.report.markdown import percent as _percent
+from wanda_export.report.markdown import table as _table
 from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
 from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
 from wanda_export.report.writers import PathLike, stage_failure_message
 
 COLLAPSE_LAYERS_OVER = 20
 SHA_SHOWN = 12
-
-
-def _cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
-
-
-def _number(value: Any) -> str:
-    """A compact number for humans: 6 significant digits, an em dash for nothing."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return "NaN" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
 
 
 def human_bytes(size: int) -> str:
@@ -48,18 +35,6 @@ def human_bytes(size: int) -> str:
         if value < 1024 or unit == "TiB":
             break
     return f"{value:.1f} {unit}"
-
-
-def _percent(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "—"
-    return "NaN" if math.isnan(value) else f"{value * 100:.2f}%"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines.extend("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows)
-    return lines
 
 
 def _title(record: RunRecord) -> list[str]:
