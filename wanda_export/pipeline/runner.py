@@ -24,14 +24,16 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
+from wanda_export.evaluate.harness import load_tasks, require_lm_eval
 from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
+from wanda_export.pipeline.accuracy import run_dense_lm_eval
 from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
-from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY, plan_run
+from wanda_export.pipeline.run_plan import DENSE_LM_EVAL, DENSE_PERPLEXITY, plan_run
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.pipeline.streamed import (
     STREAMED_STAGES,
@@ -40,6 +42,7 @@ from wanda_export.pipeline.streamed import (
     unsupported_gates,
 )
 from wanda_export.report import (
+    accuracy_chart,
     collect_artifacts,
     evaluate_gates,
     latency_chart,
@@ -113,6 +116,8 @@ def _write_outputs(ctx: RunContext) -> None:
     rows = [] if record.metrics.latency is None else record.metrics.latency.comparison
     if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
         charts["dense vs sparse latency"] = "charts/latency.png"
+    if accuracy_chart(record.metrics.lm_eval, staging / "charts" / "accuracy.png") is not None:
+        charts["dense vs pruned accuracy"] = "charts/accuracy.png"
     record.artifacts = collect_artifacts(staging, {d: f for d, f in ARTIFACT_DIRS.items()
                                                    if (staging / d).is_dir()})
     write_manifest(record.artifacts, staging / "manifest.json")
@@ -155,6 +160,9 @@ def run_pipeline(
     if memory.streaming:
         unsupported_gates(config)
         return_freed_memory()
+    scores_tasks = "evaluate" in names and config.stage("evaluate").lm_eval is not None
+    if scores_tasks and not memory.streaming:
+        require_lm_eval()  # exit 4 with the install command before any work
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest())
         start = time.perf_counter()
@@ -172,9 +180,12 @@ def run_pipeline(
         stages = STREAMED_STAGES if memory.streaming else STAGES
         ctx.run_plan = plan_run(config, names, loaded.fingerprint,
                                 [target.name for target in ctx.targets],
-                                lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows)
+                                lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows,
+                                None if memory.streaming else lambda: ctx.lm_eval_tasks)
         if "evaluate" in names:  # tokenized now: too little text fails before any forward pass
             _ = ctx.evaluation_windows
+        if ctx.run_plan.has(DENSE_LM_EVAL):  # task data now: a missing dataset is exit 4 at once
+            load_tasks(ctx.lm_eval_tasks)
         if "benchmark" in names and not memory.streaming:
             ctx.availability = availability
             ctx.keep_dense_weights()
@@ -185,8 +196,10 @@ def run_pipeline(
                            "mode": spec.mode, "targets": len(ctx.targets)}
         if ctx.run_plan.has(DENSE_PERPLEXITY):
             _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
+        if ctx.run_plan.has(DENSE_LM_EVAL):
+            _timed(DENSE_LM_EVAL, run_dense_lm_eval, ctx)
         for name in names:
-            if name == "evaluate" and not config.stage("evaluate").perplexity:
+            if name == "evaluate" and not config.stage("evaluate").measures:
                 continue
             _timed(name, stages[name], ctx)
         if memory.streaming:

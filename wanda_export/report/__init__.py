@@ -3,12 +3,12 @@
 Stages fill the `RunRecord`'s typed measurements (`metrics.py`); `evaluate_gates` turns the
 finished record into every gate result; the writers publish it as
 report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity` and
-`latency_chart` draw the optional charts (need matplotlib).
+`latency_chart` and `accuracy_chart` draw the optional charts (need matplotlib).
 """
 
 from __future__ import annotations
 
-from wanda_export.report.charts import latency_chart, plot_layer_sparsity
+from wanda_export.report.charts import accuracy_chart, latency_chart, plot_layer_sparsity
 from wanda_export.report.gates import evaluate_gates, gate_summary
 from wanda_export.report.metrics import (
     ArtifactSizes,
@@ -19,6 +19,7 @@ from wanda_export.report.metrics import (
     OnnxFileCheck,
     PerplexityMetrics,
     SparsityRecord,
+    TaskAccuracy,
 )
 from wanda_export.report.record import (
     SCHEMA_VERSION,
@@ -51,6 +52,8 @@ __all__ = [
     "RunRecord",
     "SparsityRecord",
     "StageRecord",
+    "TaskAccuracy",
+    "accuracy_chart",
     "collect_artifacts",
     "evaluate_gates",
     "gate_summary",
