@@ -99,3 +99,20 @@ def test_lm_eval_missing_exits_4_with_the_install_command(write_pipeline, workdi
     result = run(accuracy_pipeline(write_pipeline, workdir), workdir / "out")
     assert result.exit_code == 4, result.output
     assert "pip install 'wanda-export[eval]'" in result.output
+
+
+def test_onnx_perplexity_is_reported_beside_pytorch_and_gated(write_pipeline, workdir):
+    path = write_pipeline(
+        stages={"evaluate": {"perplexity": True, "onnx_perplexity": True},
+                "export": {"formats": ["safetensors", "onnx"], "parity": False}},
+        gates={"perplexity": {"max_onnx_ratio_to_torch": 1.001}})
+    result = run(path, workdir / "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((workdir / "out" / "report.json").read_text())
+    perplexity = report["metrics"]["perplexity"]
+    assert perplexity["onnx"] == pytest.approx(perplexity["pruned"], rel=1e-4)
+    assert perplexity["onnx_ratio_to_torch"] == pytest.approx(
+        perplexity["onnx"] / perplexity["pruned"])
+    gate = next(g for g in report["gates"] if g["name"] == "perplexity.max_onnx_ratio_to_torch")
+    assert gate["passed"] and gate["value"] == perplexity["onnx_ratio_to_torch"]
+    assert "exported ONNX" in (workdir / "out" / "summary.md").read_text()

@@ -31,7 +31,7 @@ BUILTIN_TASK = "wanda_docstrings"
 BUILTIN_TASK_VERSION = 1  # bump when the items change for the same corpus and seed
 CHOICES = 4
 MAX_ITEMS = 1000  # the task's size before `limit`
-_MIN_CHARS, _MAX_CHARS = 24, 200  # sentence lengths kept (short ones say little)
+_MIN_CHARS, _MAX_CHARS = 24, 120  # sentence lengths kept: informative, and cheap to score
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -60,17 +60,23 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 def task_items(seed: int) -> list[dict]:
     """The task's items, deterministic for a corpus and a seed: context, four choices, label.
 
-    Pairs are shuffled with `seed` and the first MAX_ITEMS kept; each item's distractors are
-    the second sentences of three other items, and the true one's position is drawn too.
+    Pairs (one per first sentence) are shuffled with `seed` and the first MAX_ITEMS kept; each
+    item's distractors are three distinct second sentences of other items, and the true one's
+    position is drawn too.
     """
-    unique = sorted(set(_pairs(builtin_text("evaluation"))))
+    by_context = dict(sorted(_pairs(builtin_text("evaluation")), reverse=True))
+    pairs = sorted(by_context.items())
     rng = random.Random(seed)
-    rng.shuffle(unique)
-    pairs = unique[:MAX_ITEMS]
+    rng.shuffle(pairs)
+    pairs = pairs[:MAX_ITEMS]
+    answers = sorted({answer for _, answer in pairs})
     items = []
-    for index, (context, answer) in enumerate(pairs):
-        others = [pairs[i][1] for i in rng.sample(range(len(pairs)), CHOICES + 1) if i != index]
-        choices = [text for text in others if text != answer][: CHOICES - 1]
+    for context, answer in pairs:
+        choices: list[str] = []
+        while len(choices) < CHOICES - 1:
+            text = answers[rng.randrange(len(answers))]
+            if text != answer and text not in choices:
+                choices.append(text)
         label = rng.randrange(CHOICES)
         choices.insert(label, answer)
         items.append({"context": context, "choices": choices, "label": label})

@@ -19,6 +19,7 @@ import torch
 
 from wanda_export.calibrate.stats import stats_from_tensors, stats_to_tensors
 from wanda_export.config.stages import ONNX_FORMATS
+from wanda_export.evaluate.onnx_perplexity import onnx_perplexity
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.evaluate.perplexity import perplexity
 from wanda_export.evaluate.streaming import stream_perplexity
@@ -237,7 +238,25 @@ def _export_onnx(ctx: RunContext, formats: list[str], stage) -> tuple[dict, bool
                                     exported.layout, new_tokens=stage.parity_tokens)
             advance(1)
         ctx.record.metrics.parity = parity
+    evaluate = ctx.config.stage("evaluate")
+    if evaluate is not None and evaluate.onnx_perplexity:
+        detail["onnx_perplexity"] = _record_onnx_perplexity(ctx, exported.path)
     return detail, valid
+
+
+def _record_onnx_perplexity(ctx: RunContext, path: Path) -> float:
+    """The exported model's perplexity through onnxruntime on the evaluation windows, beside
+    the PyTorch model's in the record (the evaluate stage asked for it; the file exists only
+    now)."""
+    windows = ctx.evaluation_windows
+    with ctx.progress.task("perplexity (onnxruntime)", windows.shape[0]) as advance:
+        value = onnx_perplexity(path, windows, ctx.config.data.evaluation.batch_size,
+                                ctx.loaded.model.config, advance)
+    measured = ctx.record.metrics.perplexity = ctx.record.metrics.perplexity or PerplexityMetrics()
+    measured.onnx = value
+    if measured.pruned is not None:
+        measured.onnx_ratio_to_torch = value / measured.pruned
+    return value
 
 
 def artifact_sizes(ctx: RunContext) -> ArtifactSizes:
