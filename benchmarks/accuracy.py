@@ -1,12 +1,11 @@
 """Task accuracy of SmolLM2-135M-Instruct, dense and pruned, through lm-evaluation-harness on
 the in-memory model (the pipeline's own path: `evaluate/harness.py`).
 
-    python benchmarks/accuracy.py            # the BENCHMARKS.md table
+    python benchmarks/accuracy.py --threads 1 --limit 50 --nsamples 16   # BENCHMARKS.md
 
-Tasks: the builtin offline task (docstring continuations from the held-out corpus, all items)
-and a local task (tests/data/lm_eval: 80 general-knowledge questions, 4 choices), the first
-`--limit` items of each (default 100). Pruning:
-sequential calibration on the builtin corpus, 32 x 512 tokens (the README's perplexity table).
+Tasks: the builtin offline task (docstring continuations from the held-out corpus) and a local
+task (tests/data/lm_eval: 80 general-knowledge questions, 4 choices), the first `--limit` items
+of each. Pruning: sequential calibration on the builtin corpus, `--nsamples` x 512 tokens.
 Printed as a Markdown table and written to benchmarks/results/accuracy.json.
 """
 
@@ -41,7 +40,8 @@ def main() -> None:
     """Score the dense model and each pruned copy on both tasks; print and save the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=100, help="items per task")
+    parser.add_argument("--limit", type=int, default=None, help="items per task (all)")
+    parser.add_argument("--nsamples", type=int, default=32, help="calibration windows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(None, device="cpu")
@@ -50,10 +50,11 @@ def main() -> None:
     tasks = resolve_tasks(settings, Path.cwd(), Path(tempfile.mkdtemp()))
     calib = calibration_windows(loaded.tokenizer,
                                 load_documents(TextSource(kind="builtin"), "calibration"),
-                                32, 512, 0)
+                                args.nsamples, 512, 0)
     start = time.perf_counter()
     dense = score_tasks(loaded.model, loaded.tokenizer, tasks, settings)
-    rows = [{"case": "dense", "seconds": time.perf_counter() - start,
+    rows = [{"case": "dense", "seconds": time.perf_counter() - start, "limit": args.limit,
+             "nsamples": args.nsamples, "threads": args.threads,
              **{task: {"metric": s.metric(task, None), "value": s.values[s.metric(task, None)],
                        "stderr": s.stderrs[s.metric(task, None)], "n": s.n}
                 for task, s in dense.items()}}]
@@ -76,7 +77,7 @@ def main() -> None:
 
 def markdown(rows: list[dict]) -> str:
     """The BENCHMARKS.md table: per case and task, the score ± stderr and the recovery."""
-    tasks = [key for key in rows[0] if key not in ("case", "seconds")]
+    tasks = [key for key, value in rows[0].items() if isinstance(value, dict)]
     header = "| | " + " | ".join(f"{task} ({rows[0][task]['metric']}) | recovery"
                                   for task in tasks) + " |"
     lines = [header, "|---|" + "---:|---:|" * len(tasks)]

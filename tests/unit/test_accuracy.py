@@ -154,7 +154,7 @@ def test_builtin_task_folder_is_content_addressed(tmp_path: Path):
     config = json.loads((first.folder / f"{BUILTIN_TASK}.yaml").read_text())
     assert config["task"] == BUILTIN_TASK and config["output_type"] == "multiple_choice"
     data = config["dataset_kwargs"]["data_files"]["test"]
-    assert Path(data).is_file() and sum(1 for _ in open(data)) == first.items
+    assert len(Path(data).read_text().splitlines()) == first.items
     assert write_builtin_task(tmp_path, 1).digest != first.digest
 
 
@@ -172,3 +172,33 @@ def test_the_settings_refuse_what_they_cannot_do():
     with pytest.raises(ValidationError, match="at least one of min_recovery, max_drop, tasks"):
         AccuracyGate()
     assert SparsityReport  # the gates module's other inputs stay importable beside these
+
+
+def test_the_cross_section_rules_point_at_their_keys(tmp_path: Path):
+    import textwrap
+
+    from wanda_export.config import load_config
+    from wanda_export.errors import ConfigError
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(textwrap.dedent("""\
+        version: 1
+        stages:
+          - evaluate: {onnx_perplexity: true, lm_eval: {tasks: [arc_easy]}}
+        gates:
+          accuracy: {min_recovery: 0.9, tasks: {boolq: {max_drop: 0.02}}}
+          perplexity: {max_onnx_ratio_to_torch: 1.01}
+    """))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = {p["path"]: p["message"] for p in caught.value.problems}
+    assert "export stage with format 'onnx'" in problems["stages -> evaluate -> onnx_perplexity"]
+    assert "task 'boolq' is not evaluated" in problems["gates -> accuracy -> tasks -> boolq"]
+    path.write_text("version: 1\nstages:\n  - evaluate: {}\ngates:\n  accuracy: "
+                    "{min_recovery: 0.9}\n  perplexity: {max_onnx_ratio_to_torch: 1.01}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = {p["path"]: p["message"] for p in caught.value.problems}
+    assert "needs an evaluate stage with lm_eval" in problems["gates -> accuracy"]
+    assert "set onnx_perplexity: true" in problems[
+        "gates -> perplexity -> max_onnx_ratio_to_torch"]

@@ -113,11 +113,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     pattern = plan.get("pattern") or sparsity.pattern or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
-    figure.tight_layout()
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _save(figure, path)
 
 
 def _plot_allocation(axes: Any, allocation: Allocation | None, names: list[str]) -> str:
@@ -167,6 +163,21 @@ def _set_ticks(axes: Any, names: list[str]) -> None:
 LOG_SCALE_SPREAD = 20.0
 
 
+def _finish(axes: Any, title: str) -> None:
+    """The grid, the legend beside the axes and the title every bar chart here has."""
+    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    axes.set_title(title)
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay the figure out and write it as a PNG without "Software" metadata, atomically."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def latency_chart(rows: Sequence[ComparisonRow], path: str | os.PathLike[str]) -> Path | None:
     """Draw dense vs sparse p50 latency as a pair of bars per (runtime, shape), to a PNG.
 
@@ -213,14 +224,8 @@ def latency_chart(rows: Sequence[ComparisonRow], path: str | os.PathLike[str]) -
     axes.set_xticks(list(positions), labels, fontsize="small")
     axes.set_xlim(-0.6, len(table) - 0.4)
     axes.set_ylabel("p50 latency (ms)")
-    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    axes.set_title("Dense vs sparse latency (p50; speedup = dense / sparse)")
-    figure.tight_layout()
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return atomic_write_bytes(path, buffer.getvalue())
+    _finish(axes, "Dense vs sparse latency (p50; speedup = dense / sparse)")
+    return _save(figure, path)
 
 
 def accuracy_chart(scores: dict[str, TaskAccuracy], path: str | os.PathLike[str]) -> Path | None:
@@ -257,11 +262,5 @@ def accuracy_chart(scores: dict[str, TaskAccuracy], path: str | os.PathLike[str]
                     fontsize="small")
     axes.set_ylim(0.0, 1.1 * max(max(s.dense, s.pruned) for s in scores.values()) + 0.05)
     axes.set_ylabel("score")
-    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    axes.set_title("Dense vs pruned per task (recovery = pruned / dense)")
-    figure.tight_layout()
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return atomic_write_bytes(path, buffer.getvalue())
+    _finish(axes, "Dense vs pruned per task (recovery = pruned / dense)")
+    return _save(figure, path)
