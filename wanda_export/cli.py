@@ -270,8 +270,8 @@ def plan(file: FileArg, json_: JsonOpt = False, cache_dir: CacheOpt = None) -> N
                               trust_remote_code=config.model.trust_remote_code)
         memory = decide_memory_mode(config, config.stage_names(), skeleton)
         _emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
-              "\n".join([f"{'memory':16s} {memory.describe()}",
-                         *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))
+              "\n".join([f"{'memory':24s} {memory.describe()}",
+                         *(f"{row['stage']:24s} cache: {row['cache']}" for row in rows)]))
 
     _guarded(go, as_json=json_)
 

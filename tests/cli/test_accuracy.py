@@ -26,7 +26,7 @@ def accuracy_pipeline(write_pipeline, workdir: Path, gates: dict | None = None,
     settings = {"tasks": tasks or [TASK], "limit": 4, "batch_size": 4, "include_path": "tasks",
                 **lm_eval}
     return write_pipeline(stages={"evaluate": {"perplexity": True, "lm_eval": settings}},
-                          gates={"accuracy": gates or {"min_recovery": 0.01}})
+                          gates={"accuracy": gates or {"max_drop": 1.0}})
 
 
 def run(path: Path, out: Path, *extra: str):
@@ -116,3 +116,20 @@ def test_onnx_perplexity_is_reported_beside_pytorch_and_gated(write_pipeline, wo
     gate = next(g for g in report["gates"] if g["name"] == "perplexity.max_onnx_ratio_to_torch")
     assert gate["passed"] and gate["value"] == perplexity["onnx_ratio_to_torch"]
     assert "exported ONNX" in (workdir / "out" / "summary.md").read_text()
+
+
+def test_plan_shows_the_dense_scores_entry_and_whether_it_is_cached(write_pipeline, workdir):
+    path = accuracy_pipeline(write_pipeline, workdir)
+
+    def dense_row() -> dict:
+        result = invoke("plan", str(path), "--json")
+        assert result.exit_code == 0, result.output
+        return next(row for row in json.loads(result.stdout)["stages"]
+                    if row["stage"] == "evaluate-dense-lm-eval")
+
+    before = dense_row()
+    assert before["cache"] == "miss"
+    assert run(path, workdir / "out").exit_code == 0
+    report = json.loads((workdir / "out" / "report.json").read_text())
+    ran = next(s for s in report["stages"] if s["name"] == "evaluate-dense-lm-eval")
+    assert dense_row() == {**before, "cache": "hit"} and ran["detail"]["key"] == before["key"]

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import torch
 
-from wanda_export.cache.keys import digest_of
 from wanda_export.errors import ConfigError, EnvironmentProblem, did_you_mean, missing_dependency
 from wanda_export.evaluate.builtin_task import BUILTIN_TASK, write_builtin_task
 from wanda_export.model.checkpoint import first_line
@@ -153,8 +152,8 @@ def resolve_tasks(settings, base_dir: Path, cache_root: Path) -> TaskSet:
         else:
             dataset = " / ".join(str(config[key]) for key in ("dataset_path", "dataset_name")
                                  if config.get(key))
-            specs.append(TaskSpec(name, "hub", task_version,
-                                  digest_of(json.loads(json.dumps(config, default=str))),
+            text = json.dumps(config, sort_keys=True, default=str).encode("utf-8")
+            specs.append(TaskSpec(name, "hub", task_version, hashlib.sha256(text).hexdigest(),
                                   dataset or None))
     return TaskSet(specs, manager, version)
 
