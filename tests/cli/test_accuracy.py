@@ -38,6 +38,7 @@ def test_report_fields_table_chart_and_the_dense_cache(write_pipeline, workdir):
                              metric={TASK: "acc"})
     first = run(path, workdir / "out")
     assert first.exit_code == 0, first.output
+    assert "loglikelihood" not in first.stderr and "num_fewshot" not in first.stderr  # --quiet
     report = json.loads((workdir / "out" / "report.json").read_text())
     scores = report["metrics"]["lm_eval"][TASK]
     assert set(scores) == FIELDS

@@ -13,10 +13,12 @@ naming the task and its data, instead of retrying for minutes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,7 +241,7 @@ def load_tasks(task_set: TaskSet) -> dict[str, Any]:
     hub = task_set.hub_tasks
     reason = _offline_reason(hub[0].dataset) if hub else None
     loaded: dict[str, Any] = {}
-    with _datasets_offline(reason is not None or not hub):
+    with _datasets_offline(reason is not None or not hub), _quiet_harness():
         for spec in task_set.tasks:
             try:
                 with _working_directory(spec.folder):
@@ -266,6 +268,20 @@ def _scores(results: dict[str, Any], task: str, n: int) -> TaskScores:
     return TaskScores(values, stderrs, n)
 
 
+@contextmanager
+def _quiet_harness() -> Iterator[None]:
+    """lm-eval's own logs (below errors) and its tqdm bars (written to sys.stderr, which is
+    swapped for a buffer) off: the run shows its own progress; errors still raise."""
+    logger = logging.getLogger("lm_eval")
+    saved_level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(saved_level)
+
+
 def score_tasks(model, tokenizer, task_set: TaskSet, settings) -> dict[str, TaskScores]:
     """Score the in-memory `model` on every leaf task of `task_set` (groups expand to their
     tasks). lm-eval's global seeds are left alone so the run's own random state is unchanged."""
@@ -275,7 +291,7 @@ def score_tasks(model, tokenizer, task_set: TaskSet, settings) -> dict[str, Task
     loaded = load_tasks(task_set)
     tasks = [task for group in loaded.values() for task in group.values()]
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    with torch.inference_mode(), _datasets_offline(not task_set.hub_tasks):
+    with torch.inference_mode(), _datasets_offline(not task_set.hub_tasks), _quiet_harness():
         output = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=settings.num_fewshot, limit=settings.limit,
             log_samples=False, bootstrap_iters=_BOOTSTRAP_ITERS, task_manager=task_set.manager,
