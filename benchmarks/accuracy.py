@@ -6,7 +6,7 @@ the in-memory model (the pipeline's own path: `evaluate/harness.py`).
 Tasks: the builtin offline task (docstring continuations from the held-out corpus) and a local
 task (tests/data/lm_eval: 80 general-knowledge questions, 4 choices), the first `--limit` items
 of each. Pruning: sequential calibration on the builtin corpus, `--nsamples` x 512 tokens.
-Printed as a Markdown table and written to benchmarks/results/accuracy.json.
+Printed as a Markdown table and written to benchmarks/results/accuracy-limit-<N>.json.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         del model
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
+    out = RESULTS / f"accuracy-limit-{args.limit or 'all'}.json"
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     print(markdown(rows))
 
 

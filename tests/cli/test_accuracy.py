@@ -134,3 +134,11 @@ def test_plan_shows_the_dense_scores_entry_and_whether_it_is_cached(write_pipeli
     report = json.loads((workdir / "out" / "report.json").read_text())
     ran = next(s for s in report["stages"] if s["name"] == "evaluate-dense-lm-eval")
     assert dense_row() == {**before, "cache": "hit"} and ran["detail"]["key"] == before["key"]
+
+
+def test_an_unknown_task_exits_2_before_any_work_suggesting_the_name(write_pipeline, workdir):
+    result = run(accuracy_pipeline(write_pipeline, workdir, tasks=["wanda_fact"]),
+                 workdir / "out")
+    assert result.exit_code == 2, result.output
+    assert "unknown lm-eval task 'wanda_fact'" in result.output
+    assert "wanda_facts" in result.output and not (workdir / "out").exists()

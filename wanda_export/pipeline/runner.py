@@ -24,7 +24,7 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
-from wanda_export.evaluate.harness import load_tasks, require_lm_eval
+from wanda_export.evaluate.harness import load_tasks, resolve_tasks
 from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
@@ -160,9 +160,12 @@ def run_pipeline(
     if memory.streaming:
         unsupported_gates(config)
         return_freed_memory()
-    scores_tasks = "evaluate" in names and config.stage("evaluate").lm_eval is not None
-    if scores_tasks and not memory.streaming:
-        require_lm_eval()  # exit 4 with the install command before any work
+    task_set = None
+    if "evaluate" in names and config.stage("evaluate").lm_eval is not None and (
+        not memory.streaming
+    ):  # lm-eval missing, an unknown task, a dataset out of reach: exit 2 or 4 before any work
+        task_set = resolve_tasks(config.stage("evaluate").lm_eval, config.base_dir, cache.root)
+        load_tasks(task_set)
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest())
         start = time.perf_counter()
@@ -181,11 +184,11 @@ def run_pipeline(
         ctx.run_plan = plan_run(config, names, loaded.fingerprint,
                                 [target.name for target in ctx.targets],
                                 lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows,
-                                None if memory.streaming else lambda: ctx.lm_eval_tasks)
+                                None if task_set is None else lambda: task_set)
+        if task_set is not None:
+            ctx.lm_eval_tasks = task_set
         if "evaluate" in names:  # tokenized now: too little text fails before any forward pass
             _ = ctx.evaluation_windows
-        if ctx.run_plan.has(DENSE_LM_EVAL):  # task data now: a missing dataset is exit 4 at once
-            load_tasks(ctx.lm_eval_tasks)
         if "benchmark" in names and not memory.streaming:
             ctx.availability = availability
             ctx.keep_dense_weights()
