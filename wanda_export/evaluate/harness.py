@@ -290,8 +290,8 @@ def score_tasks(model, tokenizer, task_set: TaskSet, settings) -> dict[str, Task
 
     loaded = load_tasks(task_set)
     tasks = [task for group in loaded.values() for task in group.values()]
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     with torch.inference_mode(), _datasets_offline(not task_set.hub_tasks), _quiet_harness():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         output = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=settings.num_fewshot, limit=settings.limit,
             log_samples=False, bootstrap_iters=_BOOTSTRAP_ITERS, task_manager=task_set.manager,
