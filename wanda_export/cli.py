@@ -234,8 +234,8 @@ def plan(file: FileArg, json_: JsonOpt = False, quiet: QuietOpt = False,
         rows = plan_pipeline(config, _cache(cache_dir), source, skeleton=skeleton)
         memory = decide_memory_mode(config, config.stage_names(), skeleton)
         emit(json_, {"file": str(file), "memory": memory.to_dict(), "stages": rows},
-             "\n".join([f"{'memory':16s} {memory.describe()}",
-                        *(f"{row['stage']:16s} cache: {row['cache']}" for row in rows)]))
+             "\n".join([f"{'memory':24s} {memory.describe()}",
+                        *(f"{row['stage']:24s} cache: {row['cache']}" for row in rows)]))
 
     _command(go, json_, quiet, verbose)
 

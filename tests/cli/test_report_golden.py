@@ -1,5 +1,5 @@
 """report.json is a contract other tools read: a tiny pipeline that fills every section (mask,
-verify, perplexity, ONNX export with parity and an fp16 copy, benchmark on two runtimes, every
+verify, perplexity, lm-eval accuracy on a local task, ONNX perplexity, ONNX export with parity and an fp16 copy, benchmark on two runtimes, every
 CPU-measurable gate) must publish the same key tree (paths, nesting and value types; list items
 merged), the same gate names in the same order, and the same summary.md section headings as the
 checked-in expectation in tests/golden/report_keys.json.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ UPDATE = "WANDA_EXPORT_UPDATE_GOLDEN"
 # objects keyed by data (layer, runtime, file names): their entries are merged under "*"
 DATA_KEYED = {"sparsity.layers", "sparsity.allocation.layers", "sparsity.importance_kept", "metrics.latency.runtimes",
               "metrics.latency.comparison.speedup", "metrics.sizes.files",
-              "stages[].detail.speedup", "stages[].detail.unavailable"}
+              "stages[].detail.speedup", "stages[].detail.unavailable", "metrics.lm_eval",
+              "stages[].detail.lm_eval", "stages[].detail.tasks"}
 # version strings that are null on a machine without the library or device (CUDA on a CPU box),
 # wanda-export's commit (null outside a git checkout), the GPU's name (null without one)
 MACHINE_DEPENDENT = ("metrics.latency.runtimes.*.versions.", "versions.")
@@ -46,14 +48,18 @@ PIPELINE: dict[str, Any] = {
         {"score": {"method": "wanda"}},
         {"mask": {"sparsity": 0.5, "pattern": "2:4"}},
         {"verify": {}},
-        {"evaluate": {"perplexity": True}},
+        {"evaluate": {"perplexity": True, "onnx_perplexity": True,
+                      "lm_eval": {"tasks": ["wanda_facts"], "include_path": "tasks", "limit": 8,
+                                  "batch_size": 2}}},
         {"export": {"formats": ["safetensors", "onnx", "onnx-fp16"], "parity_tokens": 2}},
         {"benchmark": {"runtimes": ["onnxruntime-cpu", "torch"], "shapes": ["decode:1x1@8"],
                        "warmup": 0, "iterations": 2, "threads": 1}},
     ],
     "gates": {
         "sparsity": {"min": 0.5, "per_layer_min": 0.5, "pattern": "2:4"},
-        "perplexity": {"max_ratio_to_dense": 100.0, "max": 1.0e9},
+        "perplexity": {"max_ratio_to_dense": 100.0, "max": 1.0e9,
+                       "max_onnx_ratio_to_torch": 1.01},
+        "accuracy": {"max_drop": 1.0},
         "parity": {"max_abs_diff": 0.01, "generation": True},
         "latency": {"runtime": "onnxruntime-cpu", "max_p50_ms": 60000.0, "min_speedup": 0.001},
     },
@@ -118,6 +124,7 @@ def _differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
 def test_report_json_keys_and_summary_headings_match_the_golden(workdir: Path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("matplotlib")  # the charts are listed in summary.md and the artifacts
+    shutil.copytree(Path(__file__).parents[1] / "data" / "lm_eval", workdir / "tasks")
     path = workdir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
     out = workdir / "out"

@@ -139,3 +139,19 @@ def test_a_streamed_allocation_shares_the_in_memory_runs_cache_entries(workdir, 
     assert details[True]["cache"][entry] == "hit"
     a, b = _weights(workdir / "out-False"), _weights(workdir / "out-True")
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_lm_eval_is_not_run_streamed_and_an_accuracy_gate_exits_4(workdir):
+    tasks = {"tasks": ["wanda_facts"], "include_path": "tasks", "limit": 2}
+    data = pipeline_data(model={"streaming": True}, stages={"evaluate": {"lm_eval": tasks}},
+                         gates={"sparsity": REMOVE, "perplexity": REMOVE})
+    result = _run(write_pipeline_file(workdir / "lm.yaml", data), workdir / "out")
+    report = json.loads((workdir / "out" / "report.json").read_text())
+    evaluate = next(stage for stage in report["stages"] if stage["name"] == "evaluate")
+    assert evaluate["detail"]["lm_eval"].startswith("not run: lm-eval needs the whole model")
+    assert "lm_eval" not in report["metrics"] and result.exit_code == 0
+    gated = pipeline_data(model={"streaming": True}, stages={"evaluate": {"lm_eval": tasks}},
+                          gates={"sparsity": REMOVE, "perplexity": REMOVE,
+                                 "accuracy": {"min_recovery": 0.5}})
+    result = _run(write_pipeline_file(workdir / "gated.yaml", gated), workdir / "out2", code=4)
+    assert "gates accuracy need" in " ".join(result.stderr.split())

@@ -152,3 +152,27 @@ def dense_perplexity_key(
             "dtype": dtype,
         }
     )
+
+
+LM_EVAL_SCHEMA = "dense-lm-eval"
+
+
+def lm_eval_key(model_fingerprint: str, dtype: str, tasks: list[dict[str, Any]],
+                num_fewshot: int, limit: int | None, lm_eval_version: str) -> str:
+    """Key of the unpruned model's lm-eval scores on a set of tasks.
+
+    `tasks` holds one record per task: its name, its version and the digest of what defines it
+    (the builtin task's items, a local task folder's files, a hub task's resolved config), so
+    an edited task misses even when its version was not bumped. Left out: the batch size (it
+    changes only padding and rounding), the device, and the metric chosen per task (every
+    metric is stored).
+    """
+    return digest_of({
+        "schema": LM_EVAL_SCHEMA,
+        "model_fingerprint": model_fingerprint,
+        "dtype": dtype,
+        "tasks": sorted(tasks, key=lambda task: str(task.get("name"))),
+        "num_fewshot": int(num_fewshot),
+        "limit": None if limit is None else int(limit),
+        "lm_eval_version": lm_eval_version,
+    })

@@ -56,7 +56,8 @@ STALE_AFTER_SECONDS = 3600.0
 # knows every kind with entries on disk.
 ALPHAS, CALIBRATION, PERPLEXITY = "alphas", "calibration", "perplexity"
 STREAM_LAYER, STREAM_HIDDEN = "stream-layer", "stream-hidden"
-PIPELINE_KINDS = (ALPHAS, CALIBRATION, PERPLEXITY, STREAM_HIDDEN, STREAM_LAYER)
+LM_EVAL = "lm-eval"
+PIPELINE_KINDS = (ALPHAS, CALIBRATION, LM_EVAL, PERPLEXITY, STREAM_HIDDEN, STREAM_LAYER)
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _KEY = re.compile(r"[0-9a-f]{64}")

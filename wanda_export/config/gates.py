@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 
 from wanda_export.config.base import StrictModel, custom_error
-from wanda_export.config.stages import RuntimeName, bounded_shape
+from wanda_export.config.stages import RuntimeName, TaskName, bounded_shape
 from wanda_export.sparsity.pattern import parse_pattern
 
 
@@ -49,12 +49,44 @@ class SparsityGate(GateModel):
 
 
 class PerplexityGate(GateModel):
-    """Release gate on perplexity: an absolute maximum and/or a maximum ratio to dense."""
+    """Release gate on perplexity: an absolute maximum, a maximum ratio to dense, and the
+    exported ONNX model's perplexity over the PyTorch model's (`evaluate.onnx_perplexity`)."""
 
     gate_name: ClassVar[str] = "perplexity"
 
     max: float | None = Field(None, gt=0.0)
     max_ratio_to_dense: float | None = Field(None, ge=1.0)
+    max_onnx_ratio_to_torch: float | None = Field(None, ge=1.0)
+
+
+class TaskAccuracyGate(GateModel):
+    """Thresholds on one lm-eval task: recovery (pruned score / dense score) at least
+    `min_recovery`; drop (dense - pruned, in the metric's units: 0.02 is 2 points of accuracy)
+    at most `max_drop`."""
+
+    gate_name: ClassVar[str] = "accuracy"
+
+    min_recovery: float | None = Field(None, gt=0.0)
+    max_drop: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class AccuracyGate(TaskAccuracyGate):
+    """Release gate on lm-eval task accuracy: thresholds for every task, and per task under
+    `tasks` (a task's own threshold replaces the shared one of the same name; the other one
+    still applies)."""
+
+    tasks: dict[TaskName, TaskAccuracyGate] | None = None
+
+    def thresholds(self, task: str) -> TaskAccuracyGate | None:
+        """The thresholds that apply to `task` (None: none do)."""
+        own = (self.tasks or {}).get(task)
+        values = {name: getattr(self, name) for name in TaskAccuracyGate.model_fields}
+        if own is not None:
+            values |= {name: value for name, value in own.model_dump().items()
+                       if value is not None}
+        if all(value is None for value in values.values()):
+            return None
+        return TaskAccuracyGate.model_construct(**values)
 
 
 class ParityGate(GateModel):
@@ -98,6 +130,7 @@ class GatesConfig(StrictModel):
 
     sparsity: SparsityGate | None = None
     perplexity: PerplexityGate | None = None
+    accuracy: AccuracyGate | None = None
     parity: ParityGate | None = None
     latency: LatencyGate | None = None
     tensorrt: TensorRTGate | None = None

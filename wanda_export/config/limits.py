@@ -19,3 +19,6 @@ MAX_BENCHMARK_ITERATIONS = 10_000  # timed runs per shape
 MAX_THREADS = 1024
 MAX_BENCHMARK_BATCH = 1024  # sequences in a benchmark shape
 MAX_BENCHMARK_TOKENS = 1 << 20  # batch x (seqlen + past) of a benchmark shape
+MAX_LM_EVAL_TASKS = 64  # lm-eval tasks of one evaluate stage
+MAX_FEWSHOT = 64  # few-shot examples per lm-eval prompt
+MAX_LM_EVAL_LIMIT = 1_000_000  # lm-eval items per task

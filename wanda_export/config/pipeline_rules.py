@@ -86,6 +86,7 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
                 "score",
             )
         )
+    evaluate: EvaluateStage | None = config.stage("evaluate")
     if "evaluate" in at and config.data.evaluation is None:
         problems.append(
             problem(
@@ -123,6 +124,13 @@ def _stage_problems(config: PipelineConfig) -> list[dict[str, Any]]:
                 "pattern '2:4'",
             )
         )
+    if evaluate is not None and evaluate.onnx_perplexity and (
+        not evaluate.perplexity or export is None or "onnx" not in export.formats
+    ):
+        problems.append(problem(
+            (*at["evaluate"], "onnx_perplexity"),
+            "onnx_perplexity scores the exported model on the evaluation windows: it needs "
+            "perplexity: true and an export stage with format 'onnx'"))
     return problems
 
 
@@ -176,7 +184,31 @@ def _gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:
                     "max_ratio_to_dense needs the dense baseline: set dense_baseline: true in evaluate",
                 )
             )
+    problems.extend(_accuracy_gate_problems(config))
+    if perplexity is not None and perplexity.max_onnx_ratio_to_torch is not None and (
+        evaluate is None or not evaluate.onnx_perplexity
+    ):
+        problems.append(problem(
+            ("gates", "perplexity", "max_onnx_ratio_to_torch"),
+            "max_onnx_ratio_to_torch needs the ONNX perplexity: set onnx_perplexity: true in "
+            "evaluate"))
     return problems
+
+
+def _accuracy_gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:
+    """An accuracy gate needs lm-eval tasks in the evaluate stage, and gates only those."""
+    gate = config.gates.accuracy
+    if gate is None:
+        return []
+    evaluate: EvaluateStage | None = config.stage("evaluate")
+    if evaluate is None or evaluate.lm_eval is None:
+        return [problem(("gates", "accuracy"), "an accuracy gate needs an evaluate stage with "
+                        "lm_eval: {tasks: [...]}", at_key=True)]
+    tasks = evaluate.lm_eval.tasks
+    return [problem(("gates", "accuracy", "tasks", task),
+                    f"task {task!r} is not evaluated; the evaluate stage's lm_eval tasks are "
+                    f"{', '.join(tasks)}", at_key=True)
+            for task in gate.tasks or {} if task not in tasks]
 
 
 def _benchmark_gate_problems(config: PipelineConfig) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from wanda_export.bench.runtimes import Availability
 from wanda_export.cache.store import CacheStore
 from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config import PipelineConfig
+from wanda_export.evaluate.harness import TaskScores, TaskSet, resolve_tasks
 from wanda_export.export.onnx_verify import OnnxVerification
 from wanda_export.export.sharded import ShardWriter
 from wanda_export.model.layers import Target, find_targets, weight_out_in
@@ -49,6 +50,7 @@ class RunContext:
     run_plan: RunPlan | None = None  # set by the runner once the targets are known
     checkpoint: StreamedCheckpoint | None = None  # a streamed run's input (`loaded.model`: its skeleton)
     shard_writer: ShardWriter | None = None  # a streamed run's pruned checkpoint, being written
+    dense_scores: dict[str, TaskScores] | None = None  # lm-eval scores of the unpruned model
 
     def keep_dense_weights(self) -> None:
         """Copy every target's unpruned [out, in] weight to CPU memory, before any pruning."""
@@ -72,6 +74,12 @@ class RunContext:
         if self.spec is None:
             return find_targets(self.loaded.model)
         return self.spec.targets_of(self.loaded.model)
+
+    @cached_property
+    def lm_eval_tasks(self) -> TaskSet:
+        """The evaluate stage's lm-eval tasks, resolved once per run (their data load later)."""
+        settings = self.config.stage("evaluate").lm_eval
+        return resolve_tasks(settings, self.config.base_dir, self.cache.root)
 
     @cached_property
     def calibration_windows(self) -> torch.Tensor:

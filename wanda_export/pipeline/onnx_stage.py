@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from wanda_export.errors import ConfigError
+from wanda_export.evaluate.onnx_perplexity import onnx_perplexity
 from wanda_export.evaluate.parity import measure_parity
 from wanda_export.export.onnx import OnnxExport, convert_to_fp16, export_onnx
 from wanda_export.export.onnx_genai import GENAI_ARCHITECTURES, export_genai, genai_supports
@@ -29,7 +30,7 @@ from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.export.tensorrt import write_tensorrt_recipe
 from wanda_export.model.layers import Target
 from wanda_export.pipeline.context import RunContext
-from wanda_export.report.metrics import OnnxFileCheck
+from wanda_export.report.metrics import OnnxFileCheck, PerplexityMetrics
 
 ONNX_DIR = "onnx"
 CHECKPOINT_DIR = "model"
@@ -159,4 +160,22 @@ def export_onnx_formats(ctx: RunContext, formats: list[str], stage, plan: dict,
             advance(1)
     elif stage.parity:
         detail["parity_skipped"] = "a streamed model is never whole in PyTorch to compare with"
+    evaluate = ctx.config.stage("evaluate")
+    if evaluate is not None and evaluate.onnx_perplexity and ctx.checkpoint is None:
+        detail["onnx_perplexity"] = _record_onnx_perplexity(ctx, exported.path)
     return detail, valid
+
+
+def _record_onnx_perplexity(ctx: RunContext, path: Path) -> float:
+    """The exported model's perplexity through onnxruntime on the evaluation windows, beside
+    the PyTorch model's in the record (the evaluate stage asked for it; the file exists only
+    now)."""
+    windows = ctx.evaluation_windows
+    with ctx.progress.task("perplexity (onnxruntime)", windows.shape[0]) as advance:
+        value = onnx_perplexity(path, windows, ctx.config.data.evaluation.batch_size,
+                                ctx.loaded.model.config, advance)
+    measured = ctx.record.metrics.perplexity = ctx.record.metrics.perplexity or PerplexityMetrics()
+    measured.onnx = value
+    if measured.pruned is not None:
+        measured.onnx_ratio_to_torch = value / measured.pruned
+    return value

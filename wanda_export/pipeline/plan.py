@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, meta_model
+from wanda_export.evaluate.harness import resolve_tasks
 from wanda_export.model.fingerprint import model_fingerprint
 from wanda_export.model.loading import load_tokenizer
 from wanda_export.pipeline.inputs import calibration_windows_for, evaluation_windows_for
@@ -39,9 +40,11 @@ def plan_pipeline(config: PipelineConfig, cache: CacheStore, model_source: str,
             model_source, revision=model.revision, trust_remote_code=model.trust_remote_code)
         targets = [t.name for t in spec.targets_of(skeleton)]
     names = config.stage_names()
+    evaluate = config.stage("evaluate")
     run_plan = plan_run(config, names, model_fingerprint(model_source, model.revision), targets,
                         lambda: calibration_windows_for(config, tokenizer),
-                        lambda: evaluation_windows_for(config, tokenizer))
+                        lambda: evaluation_windows_for(config, tokenizer),
+                        lambda: resolve_tasks(evaluate.lm_eval, config.base_dir, cache.root))
     rows = [_row(use, cache) for use in run_plan.uses if STAGE_OF_STEP[use.step] is None]
     for name in names:
         rows += [_row(use, cache) for use in run_plan.uses if STAGE_OF_STEP[use.step] == name]

@@ -13,18 +13,20 @@ from typing import Any, Literal
 
 import torch
 
-from wanda_export.cache.keys import esd_alphas_key
-from wanda_export.cache.store import ALPHAS, CALIBRATION, PERPLEXITY
+from wanda_export.cache.keys import esd_alphas_key, lm_eval_key
+from wanda_export.cache.store import ALPHAS, CALIBRATION, LM_EVAL, PERPLEXITY
 from wanda_export.config import PipelineConfig
+from wanda_export.evaluate.harness import TaskSet
 from wanda_export.pipeline.inputs import calibration_key_for, dense_perplexity_key_for
 
 # Steps that use the cache: the stage records and `plan` rows are named after them.
 DENSE_PERPLEXITY = "evaluate-dense"
+DENSE_LM_EVAL = "evaluate-dense-lm-eval"
 CALIBRATE = "calibrate"
 OWL_STATISTICS = "allocate-owl-statistics"
 ESD_ALPHAS = "allocate-alphas"
 # The stage whose work each step serves (the dense baseline runs before every stage).
-STAGE_OF_STEP = {DENSE_PERPLEXITY: None, OWL_STATISTICS: "calibrate", CALIBRATE: "calibrate",
+STAGE_OF_STEP = {DENSE_PERPLEXITY: None, DENSE_LM_EVAL: None, OWL_STATISTICS: "calibrate", CALIBRATE: "calibrate",
                  ESD_ALPHAS: "mask"}
 
 Windows = Callable[[], torch.Tensor]
@@ -73,10 +75,12 @@ class RunPlan:
 
 def plan_run(config: PipelineConfig, stage_names: list[str], fingerprint: str,
              target_names: list[str], calibration_windows: Windows,
-             evaluation_windows: Windows) -> RunPlan:
+             evaluation_windows: Windows,
+             lm_eval_tasks: Callable[[], TaskSet] | None = None) -> RunPlan:
     """Decide how the stages in `stage_names` run and key their cache entries.
 
-    The windows are callables so that only the data a run needs is read and tokenized.
+    The windows and the lm-eval tasks are callables so that only what a run needs is read,
+    tokenized or resolved; without `lm_eval_tasks` (a streamed run) no task is scored.
     """
     uses: list[CacheUse] = []
     evaluate = config.stage("evaluate")
@@ -84,6 +88,15 @@ def plan_run(config: PipelineConfig, stage_names: list[str], fingerprint: str,
         key = dense_perplexity_key_for(config, fingerprint, evaluation_windows())
         uses.append(CacheUse(DENSE_PERPLEXITY, PERPLEXITY, key,
                              {"schema": "dense-perplexity", "key": key}))
+    if "evaluate" in stage_names and evaluate.lm_eval is not None and lm_eval_tasks is not None:
+        tasks = lm_eval_tasks()
+        settings = evaluate.lm_eval
+        key = lm_eval_key(fingerprint, config.model.dtype,
+                          [task.record() for task in tasks.tasks], settings.num_fewshot,
+                          settings.limit, tasks.lm_eval_version)
+        uses.append(CacheUse(DENSE_LM_EVAL, LM_EVAL, key,
+                             {"schema": "dense-lm-eval", "key": key,
+                              "tasks": [task.record() for task in tasks.tasks]}))
     spec = config.prune_spec()
     calibration, owl_dense_pass = None, False
     if spec is not None and CALIBRATE in stage_names and spec.needs_calibration:

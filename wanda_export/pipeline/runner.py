@@ -24,15 +24,17 @@ from wanda_export.atomic import (
 from wanda_export.cache.store import CacheStore
 from wanda_export.config import PipelineConfig, check_against_model, meta_model
 from wanda_export.errors import EXIT_GATE, EXIT_OK
+from wanda_export.evaluate.harness import load_tasks, resolve_tasks
 from wanda_export.memory import return_freed_memory
 from wanda_export.model.loading import LoadedModel, classify_path, load_model, model_name
 from wanda_export.model.streaming import StreamedCheckpoint, load_streamed
+from wanda_export.pipeline.accuracy import run_dense_lm_eval
 from wanda_export.pipeline.benchmark import check_runtimes
 from wanda_export.pipeline.context import RunContext
 from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_marker
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.publish import hub_token, push_release
-from wanda_export.pipeline.run_plan import DENSE_PERPLEXITY, plan_run
+from wanda_export.pipeline.run_plan import DENSE_LM_EVAL, DENSE_PERPLEXITY, plan_run
 from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
 from wanda_export.pipeline.streamed import (
     STREAMED_STAGES,
@@ -41,6 +43,7 @@ from wanda_export.pipeline.streamed import (
     unsupported_gates,
 )
 from wanda_export.report import (
+    accuracy_chart,
     collect_artifacts,
     evaluate_gates,
     latency_chart,
@@ -121,6 +124,8 @@ def _write_outputs(ctx: RunContext) -> None:
     rows = [] if record.metrics.latency is None else record.metrics.latency.comparison
     if rows and latency_chart(rows, staging / "charts" / "latency.png") is not None:
         charts["dense vs sparse latency"] = "charts/latency.png"
+    if accuracy_chart(record.metrics.lm_eval, staging / "charts" / "accuracy.png") is not None:
+        charts["dense vs pruned accuracy"] = "charts/accuracy.png"
     if (staging / CHECKPOINT_DIR).is_dir():
         write_model_card(record.to_dict(), ctx.config.model_dump(mode="json"),
                          staging / CHECKPOINT_DIR)
@@ -169,6 +174,12 @@ def run_pipeline(
     if memory.streaming:
         unsupported_gates(config)
         return_freed_memory()
+    task_set = None
+    if "evaluate" in names and config.stage("evaluate").lm_eval is not None and (
+        not memory.streaming
+    ):  # lm-eval missing, an unknown task, a dataset out of reach: exit 2 or 4 before any work
+        task_set = resolve_tasks(config.stage("evaluate").lm_eval, config.base_dir, cache.root)
+        load_tasks(task_set)
     with staging_directory(out_dir, PARTIAL_MARK) as staging:
         record = RunRecord(tool_version=__version__, config_digest=config.digest(),
                            created=created_now(), config=config.resolved_dump(),
@@ -189,7 +200,10 @@ def run_pipeline(
         stages = STREAMED_STAGES if memory.streaming else STAGES
         ctx.run_plan = plan_run(config, names, loaded.fingerprint,
                                 [target.name for target in ctx.targets],
-                                lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows)
+                                lambda: ctx.calibration_windows, lambda: ctx.evaluation_windows,
+                                None if task_set is None else lambda: task_set)
+        if task_set is not None:
+            ctx.lm_eval_tasks = task_set
         if "evaluate" in names:  # tokenized now: too little text fails before any forward pass
             _ = ctx.evaluation_windows
         if "benchmark" in names and not memory.streaming:
@@ -202,8 +216,10 @@ def run_pipeline(
                            "mode": spec.mode, "targets": len(ctx.targets)}
         if ctx.run_plan.has(DENSE_PERPLEXITY):
             _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
+        if ctx.run_plan.has(DENSE_LM_EVAL):
+            _timed(DENSE_LM_EVAL, run_dense_lm_eval, ctx)
         for name in names:
-            if name == "evaluate" and not config.stage("evaluate").perplexity:
+            if name == "evaluate" and not config.stage("evaluate").measures:
                 continue
             _timed(name, stages[name], ctx)
         if memory.streaming:

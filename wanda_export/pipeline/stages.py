@@ -158,13 +158,21 @@ def run_dense_baseline(ctx: RunContext) -> StageRecord:
 
 
 def run_evaluate(ctx: RunContext) -> StageRecord:
-    """Perplexity of the pruned model on the evaluation windows."""
-    data = ctx.config.data.evaluation
-    windows = ctx.evaluation_windows
-    with ctx.progress.task("evaluate (pruned)", windows.shape[0]) as advance:
-        value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
-    record_pruned_perplexity(ctx, value, windows)
-    return StageRecord("evaluate", detail={"perplexity": value})
+    """Perplexity of the pruned model on the evaluation windows, and its lm-eval scores
+    against the dense model's."""
+    from wanda_export.pipeline.accuracy import evaluate_pruned_lm_eval
+
+    stage, data = ctx.config.stage("evaluate"), ctx.config.data.evaluation
+    detail: dict = {}
+    if stage.perplexity:
+        windows = ctx.evaluation_windows
+        with ctx.progress.task("evaluate (pruned)", windows.shape[0]) as advance:
+            value = perplexity(ctx.loaded.model, windows, data.batch_size, advance)
+        record_pruned_perplexity(ctx, value, windows)
+        detail["perplexity"] = value
+    if stage.lm_eval is not None:
+        detail["lm_eval"] = evaluate_pruned_lm_eval(ctx)
+    return StageRecord("evaluate", detail=detail)
 
 
 def record_pruned_perplexity(ctx: RunContext, value: float, windows: torch.Tensor) -> None:

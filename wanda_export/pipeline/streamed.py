@@ -55,6 +55,8 @@ from wanda_export.sparsity.verify import SparsityReport
 from wanda_export.stream.prune import LayerOutput, stream_prune, stream_verify
 
 WHOLE_MODEL = "the model exceeds the memory budget, and this stage needs it whole in one runtime"
+LM_EVAL_NOT_RUN = ("not run: lm-eval needs the whole model in one runtime and the model "
+                   "exceeds the memory budget (perplexity is measured, streamed)")
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,19 @@ def discard_unrequested_checkpoint(ctx: RunContext, stage_names: list[str]) -> N
 
 def unsupported_gates(config: PipelineConfig) -> None:
     """Refuse (exit 4) a streamed run whose gates need the whole model in one runtime."""
+    perplexity = config.gates.perplexity
+    onnx_perplexity = perplexity is not None and perplexity.max_onnx_ratio_to_torch is not None
     needing = [name for name, gate in (("parity", config.gates.parity),
                                        ("latency", config.gates.latency),
-                                       ("tensorrt", config.gates.tensorrt)) if gate is not None]
+                                       ("tensorrt", config.gates.tensorrt),
+                                       ("accuracy", config.gates.accuracy),
+                                       ("perplexity.max_onnx_ratio_to_torch",
+                                        onnx_perplexity or None)) if gate is not None]
     if needing:
         raise EnvironmentProblem(
             f"the model is streamed (it exceeds the memory budget), but gates "
-            f"{', '.join(needing)} need the ONNX export or the benchmark of the whole model",
+            f"{', '.join(needing)} need the ONNX export, the benchmark or lm-eval of the "
+            "whole model",
             hint="raise model: {memory_budget: ...}, or drop those gates for this model")
 
 
@@ -245,12 +253,20 @@ def run_verify(ctx: RunContext) -> StageRecord:
 
 
 def run_evaluate(ctx: RunContext) -> StageRecord:
-    """Streamed perplexity of the pruned checkpoint as written."""
-    windows = ctx.evaluation_windows
-    value = stream_perplexity(_pruned_checkpoint(ctx), windows,
-                              ctx.config.data.evaluation.batch_size, device=ctx.loaded.device)
-    record_pruned_perplexity(ctx, value, windows)
-    return StageRecord("evaluate", detail={"perplexity": value, "streamed": True})
+    """Streamed perplexity of the pruned checkpoint as written; lm-eval tasks are not run
+    (the detail says so)."""
+    stage = ctx.config.stage("evaluate")
+    detail: dict = {"streamed": True}
+    if stage.perplexity:
+        windows = ctx.evaluation_windows
+        value = stream_perplexity(_pruned_checkpoint(ctx), windows,
+                                  ctx.config.data.evaluation.batch_size,
+                                  device=ctx.loaded.device)
+        record_pruned_perplexity(ctx, value, windows)
+        detail["perplexity"] = value
+    if stage.lm_eval is not None:
+        detail["lm_eval"] = LM_EVAL_NOT_RUN
+    return StageRecord("evaluate", detail=detail)
 
 
 def _export_onnx_streamed(ctx: RunContext, formats: list[str]) -> tuple[dict, bool]:

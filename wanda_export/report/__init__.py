@@ -3,13 +3,14 @@
 Stages fill the `RunRecord`'s typed measurements (`metrics.py`); `evaluate_gates` turns the
 finished record into every gate result; the writers publish it as
 report.json, manifest.json, JUnit XML and a Markdown step summary; `plot_layer_sparsity`
-(`plot_importance_kept` for a uniform run) and
-`latency_chart` draw the optional charts (need matplotlib).
+(`plot_importance_kept` for a uniform run), `latency_chart` and `accuracy_chart` draw the
+optional charts (need matplotlib).
 """
 
 from __future__ import annotations
 
 from wanda_export.report.charts import (
+    accuracy_chart,
     latency_chart,
     plot_importance_kept,
     plot_layer_sparsity,
@@ -25,6 +26,7 @@ from wanda_export.report.metrics import (
     OnnxFileCheck,
     PerplexityMetrics,
     SparsityRecord,
+    TaskAccuracy,
 )
 from wanda_export.report.record import (
     SCHEMA_VERSION,
@@ -56,6 +58,8 @@ __all__ = [
     "RunRecord",
     "SparsityRecord",
     "StageRecord",
+    "TaskAccuracy",
+    "accuracy_chart",
     "collect_artifacts",
     "evaluate_gates",
     "gate_summary",

@@ -21,6 +21,7 @@ from wanda_export.report.record import RunRecord
 if TYPE_CHECKING:
     from wanda_export.allocation import Allocation
     from wanda_export.bench.compare import ComparisonRow
+    from wanda_export.report.metrics import TaskAccuracy
 
 FIGSIZE = (12.0, 4.5)
 DPI = 100
@@ -112,11 +113,7 @@ def plot_layer_sparsity(record: RunRecord, path: str | os.PathLike[str]) -> Path
     pattern = plan.get("pattern") or sparsity.pattern or "unstructured"
     title = f"Per-layer sparsity: {source} ({pattern}{allocation})".replace("$", r"\$")
     axes.set_title(title)
-    figure.tight_layout()
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _save(figure, path)
 
 
 def _layer_bars(axes: Any, names: list[str], values: list[float], colormaps: Any) -> None:
@@ -227,6 +224,21 @@ def _set_ticks(axes: Any, names: list[str]) -> None:
 LOG_SCALE_SPREAD = 20.0
 
 
+def _finish(axes: Any, title: str) -> None:
+    """The grid, the legend beside the axes and the title every bar chart here has."""
+    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    axes.set_title(title)
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay the figure out and write it as a PNG without "Software" metadata, atomically."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def latency_chart(rows: Sequence[ComparisonRow], path: str | os.PathLike[str]) -> Path | None:
     """Draw dense vs sparse p50 latency as a pair of bars per (runtime, shape), to a PNG.
 
@@ -273,11 +285,43 @@ def latency_chart(rows: Sequence[ComparisonRow], path: str | os.PathLike[str]) -
     axes.set_xticks(list(positions), labels, fontsize="small")
     axes.set_xlim(-0.6, len(table) - 0.4)
     axes.set_ylabel("p50 latency (ms)")
-    axes.grid(axis="y", linewidth=0.5, alpha=0.5)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    axes.set_title("Dense vs sparse latency (p50; speedup = dense / sparse)")
-    figure.tight_layout()
+    _finish(axes, "Dense vs sparse latency (p50; speedup = dense / sparse)")
+    return _save(figure, path)
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return atomic_write_bytes(path, buffer.getvalue())
+
+def accuracy_chart(scores: dict[str, TaskAccuracy], path: str | os.PathLike[str]) -> Path | None:
+    """Draw dense vs pruned score per lm-eval task (bars with one-stderr error bars, recovery
+    above each pair), to a PNG. None when matplotlib is missing or nothing was scored."""
+    if not scores:
+        return None
+    try:
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+
+    tasks = list(scores)
+    figure = Figure(figsize=(max(4.0, 1.6 * len(tasks) + 2.0), FIGSIZE[1]), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    palette = colormaps["tab10"]
+    width = 0.38
+    positions = range(len(tasks))
+    for offset, label, color in ((-width / 2, "dense", palette(0)),
+                                 (width / 2, "pruned", palette(1))):
+        values = [getattr(scores[task], label) for task in tasks]
+        errors = [getattr(scores[task], f"{label}_stderr") or 0.0 for task in tasks]
+        axes.bar([i + offset for i in positions], values, width, yerr=errors, capsize=3,
+                 color=color, label=label)
+    for i, task in enumerate(tasks):
+        recovery = scores[task].recovery
+        text = "n/a" if recovery is None else f"{recovery:.2f}"
+        axes.annotate(text, (i, max(scores[task].dense, scores[task].pruned)), xytext=(0, 8),
+                      textcoords="offset points", ha="center", va="bottom", fontsize="small")
+    axes.set_xticks(list(positions), [f"{task}\n{scores[task].metric}" for task in tasks],
+                    fontsize="small")
+    axes.set_ylim(0.0, 1.1 * max(max(s.dense, s.pruned) for s in scores.values()) + 0.05)
+    axes.set_ylabel("score")
+    _finish(axes, "Dense vs pruned per task (recovery = pruned / dense)")
+    return _save(figure, path)

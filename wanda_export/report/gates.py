@@ -11,13 +11,19 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from wanda_export.report.metrics import OnnxFileCheck, PerplexityMetrics, SparsityRecord
+from wanda_export.report.metrics import (
+    OnnxFileCheck,
+    PerplexityMetrics,
+    SparsityRecord,
+    TaskAccuracy,
+)
 from wanda_export.report.record import GateResult, RunRecord
 from wanda_export.sparsity.pattern import parse_pattern
 
 if TYPE_CHECKING:
     from wanda_export.bench.compare import ComparisonRow
     from wanda_export.config.gates import (
+        AccuracyGate,
         GatesConfig,
         LatencyGate,
         ParityGate,
@@ -37,6 +43,8 @@ SPARSITY_PER_LAYER_MIN = "sparsity.per_layer_min"
 SPARSITY_PATTERN = "sparsity.pattern"
 PERPLEXITY_MAX = "perplexity.max"
 PERPLEXITY_RATIO = "perplexity.max_ratio_to_dense"
+PERPLEXITY_ONNX_RATIO = "perplexity.max_onnx_ratio_to_torch"
+ACCURACY = "accuracy"  # accuracy.<task>.min_recovery, accuracy.<task>.max_drop
 PARITY_MAX_ABS = "parity.max_abs_diff"
 PARITY_GENERATION = "parity.generation"
 LATENCY_MAX_P50 = "latency.max_p50_ms"
@@ -63,6 +71,8 @@ def evaluate_gates(gates: GatesConfig, record: RunRecord, *,
         results.extend(_sparsity_gates(gates.sparsity, record))
     if gates.perplexity is not None:
         results.extend(_perplexity_gates(gates.perplexity, record))
+    if gates.accuracy is not None:
+        results.extend(_accuracy_gates(gates.accuracy, record))
     if gates.parity is not None:
         results.extend(_parity_gates(gates.parity, record))
     if gates.latency is not None:
@@ -191,7 +201,64 @@ def _perplexity_gates(gate: PerplexityGate, record: RunRecord) -> list[GateResul
     if gate.max_ratio_to_dense is not None:
         results.append(_perplexity_ratio(gate.max_ratio_to_dense, perplexity.pruned,
                                          perplexity.dense))
+    if gate.max_onnx_ratio_to_torch is not None:
+        results.append(_onnx_perplexity_ratio(gate.max_onnx_ratio_to_torch, perplexity))
     return results
+
+
+def _onnx_perplexity_ratio(threshold: float, perplexity: PerplexityMetrics) -> GateResult:
+    """The exported ONNX model's perplexity over the PyTorch model's, on the same windows."""
+    ratio = perplexity.onnx_ratio_to_torch
+    if ratio is None:
+        return _missing(PERPLEXITY_ONNX_RATIO, threshold, "no ONNX perplexity in the record")
+    passed = math.isfinite(ratio) and _at_most(ratio, threshold)
+    message = (f"ONNX/PyTorch perplexity {perplexity.onnx:.4f}/{perplexity.pruned:.4f} = "
+               f"{ratio:.6f} {'<=' if passed else '>'} {threshold:.6f}")
+    return GateResult(PERPLEXITY_ONNX_RATIO, passed, ratio, threshold, message)
+
+
+def _accuracy_gates(gate: AccuracyGate, record: RunRecord) -> list[GateResult]:
+    """Per lm-eval task, in the record's order (then gated tasks it lacks): recovery at least
+    min_recovery, drop at most max_drop. A failing drop inside one standard error of the
+    difference still fails; its message says it is within noise."""
+    measured = record.metrics.lm_eval
+    results = []
+    for task in [*measured, *(name for name in gate.tasks or {} if name not in measured)]:
+        thresholds = gate.thresholds(task)
+        if thresholds is None:
+            continue
+        scores = measured.get(task)
+        for name, threshold in (("min_recovery", thresholds.min_recovery),
+                                ("max_drop", thresholds.max_drop)):
+            if threshold is None:
+                continue
+            gate_name = f"{ACCURACY}.{task}.{name}"
+            if scores is None:
+                results.append(_missing(gate_name, threshold, f"no lm-eval score of {task}"))
+            else:
+                results.append(_task_gate(gate_name, task, name, threshold, scores))
+    return results
+
+
+def _task_gate(gate_name: str, task: str, name: str, threshold: float,
+               scores: TaskAccuracy) -> GateResult:
+    """One threshold on one task's dense vs pruned scores."""
+    if name == "min_recovery":
+        value = scores.recovery
+        passed = value is not None and _at_least(value, threshold)
+        shown = "undefined (dense is 0)" if value is None else f"{value:.4f}"
+        verdict = f"recovery {shown} {'>=' if passed else '<'} {threshold:.4f}"
+    else:
+        value = scores.drop
+        passed = _at_most(value, threshold)
+        verdict = f"drop {value:.4f} {'<=' if passed else '>'} {threshold:.4f}"
+    stderr = scores.drop_stderr
+    noise = "stderr unknown" if stderr is None else f"stderr of the drop {stderr:.4f}"
+    if not passed and stderr is not None and scores.drop <= stderr:
+        noise += "; the drop is within noise (inside one stderr), judge before overriding"
+    message = (f"{task} {scores.metric}: dense {scores.dense:.4f}, pruned {scores.pruned:.4f} "
+               f"(n={scores.n}); {verdict}; {noise}")
+    return GateResult(gate_name, passed, value, threshold, message)
 
 
 def _perplexity_max(threshold: float, pruned: float | None) -> GateResult:

@@ -75,10 +75,43 @@ class PerplexityMetrics:
     ratio_to_dense: float | None = None
     windows: int | None = None
     seqlen: int | None = None
+    onnx: float | None = None  # the exported ONNX model through onnxruntime, same windows
+    onnx_ratio_to_torch: float | None = None  # onnx / pruned
 
     def to_dict(self) -> dict[str, Any]:
         """The measured fields."""
         return _measured(self)
+
+
+@dataclass(slots=True)
+class TaskAccuracy:
+    """One lm-eval task: the metric reported (and gated), its dense and pruned values, their
+    standard errors (None when lm-eval gives none), recovery (pruned / dense; None when dense
+    is 0) and the items evaluated."""
+
+    metric: str
+    dense: float
+    pruned: float
+    recovery: float | None
+    dense_stderr: float | None
+    pruned_stderr: float | None
+    n: int
+
+    @property
+    def drop(self) -> float:
+        """dense - pruned, in the metric's units."""
+        return self.dense - self.pruned
+
+    @property
+    def drop_stderr(self) -> float | None:
+        """The standard error of the drop, treating the two scores as independent."""
+        if self.dense_stderr is None or self.pruned_stderr is None:
+            return None
+        return (self.dense_stderr ** 2 + self.pruned_stderr ** 2) ** 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        """metric, dense, pruned, recovery, dense_stderr, pruned_stderr, n (None included)."""
+        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -178,6 +211,7 @@ class Metrics:
     it. `onnx` is keyed by export format ("onnx", "onnx-fp16")."""
 
     perplexity: PerplexityMetrics | None = None
+    lm_eval: dict[str, TaskAccuracy] = field(default_factory=dict)  # by task name
     onnx: dict[str, OnnxFileCheck] = field(default_factory=dict)
     parity: ParityResult | None = None
     sizes: ArtifactSizes | None = None
@@ -188,6 +222,8 @@ class Metrics:
         data: dict[str, Any] = {}
         if self.perplexity is not None:
             data["perplexity"] = self.perplexity.to_dict()
+        if self.lm_eval:
+            data["lm_eval"] = {task: scores.to_dict() for task, scores in self.lm_eval.items()}
         if self.onnx:
             data["onnx"] = {label: check.to_dict() for label, check in self.onnx.items()}
         for name, measured in (("parity", self.parity), ("sizes", self.sizes),

@@ -17,7 +17,12 @@ from wanda_export.report.gates import gate_summary
 from wanda_export.report.markdown import number as _number
 from wanda_export.report.markdown import percent as _percent
 from wanda_export.report.markdown import table as _table
-from wanda_export.report.metrics import LatencyMetrics, PerplexityMetrics, SparsityRecord
+from wanda_export.report.metrics import (
+    LatencyMetrics,
+    PerplexityMetrics,
+    SparsityRecord,
+    TaskAccuracy,
+)
 from wanda_export.report.record import ArtifactRecord, GateResult, RunRecord, StageRecord
 from wanda_export.report.writers import PathLike, stage_failure_message
 
@@ -103,11 +108,28 @@ def _metrics_section(perplexity: PerplexityMetrics | None) -> list[str]:
     ratio = None
     if dense is not None and pruned is not None and dense:
         ratio = pruned / dense
-    table = _table(
-        ["Perplexity", "Dense", "Pruned", "Ratio"],
-        [["evaluation", _number(dense), _number(pruned), _number(ratio)]],
-    )
+    rows = [["evaluation", _number(dense), _number(pruned), _number(ratio)]]
+    if perplexity.onnx is not None:
+        rows.append(["evaluation, exported ONNX (onnxruntime)", "—", _number(perplexity.onnx),
+                     f"{_number(perplexity.onnx_ratio_to_torch)} of PyTorch"])
+    table = _table(["Perplexity", "Dense", "Pruned", "Ratio"], rows)
     return ["## Metrics", "", *table, ""]
+
+
+def _with_stderr(value: float, stderr: float | None) -> str:
+    return f"{value:.4f}" + ("" if stderr is None else f" ± {stderr:.4f}")
+
+
+def _accuracy_section(scores: dict[str, TaskAccuracy]) -> list[str]:
+    """Dense vs pruned per lm-eval task, with standard errors and recovery."""
+    if not scores:
+        return []
+    rows = [[f"`{task}`", s.metric, _with_stderr(s.dense, s.dense_stderr),
+             _with_stderr(s.pruned, s.pruned_stderr), _number(s.recovery), s.n]
+            for task, s in scores.items()]
+    table = _table(["Task", "Metric", "Dense", "Pruned", "Recovery", "n"], rows)
+    note = "Recovery = pruned / dense; ± one standard error."
+    return ["## Task accuracy (lm-eval)", "", note, "", *table, ""]
 
 
 def _with_quartiles(stats: Any) -> str:
@@ -220,6 +242,7 @@ def render_summary_md(record: RunRecord, charts: dict[str, str] | None = None) -
         *_overview(record),
         *_gates_section(record.gates),
         *_metrics_section(record.metrics.perplexity),
+        *_accuracy_section(record.metrics.lm_eval),
         *_latency_section(record.metrics.latency),
         *_layers_section(record.sparsity),
         *_stages_section(record.stages),
