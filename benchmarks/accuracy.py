@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from wanda_export.config.stages import LmEvalSettings
+from wanda_export.config.nested import LmEvalSettings
 from wanda_export.data.sources import TextSource, load_documents
 from wanda_export.data.windows import calibration_windows
 from wanda_export.evaluate.builtin_task import BUILTIN_TASK

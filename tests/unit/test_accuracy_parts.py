@@ -161,7 +161,7 @@ def test_builtin_task_folder_is_content_addressed(tmp_path: Path):
 def test_the_settings_refuse_what_they_cannot_do():
     from pydantic import ValidationError
 
-    from wanda_export.config.stages import LmEvalSettings
+    from wanda_export.config.nested import LmEvalSettings
 
     with pytest.raises(ValidationError, match="task 'boolq' is not in tasks"):
         LmEvalSettings(tasks=["arc_easy"], metric={"boolq": "acc"})

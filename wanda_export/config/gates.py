@@ -9,7 +9,8 @@ from typing import ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 
 from wanda_export.config.base import StrictModel, custom_error
-from wanda_export.config.stages import RuntimeName, TaskName, bounded_shape
+from wanda_export.config.nested import TaskName
+from wanda_export.config.stages import RuntimeName, bounded_shape
 from wanda_export.sparsity.pattern import parse_pattern
 
 

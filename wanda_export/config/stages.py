@@ -5,7 +5,6 @@ allowed values, bounds and the rules that tie settings of one stage together. Th
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import (
@@ -28,22 +27,19 @@ from wanda_export.config.base import (
     yaml_kind,
 )
 from wanda_export.config.limits import (
-    MAX_BATCH_SIZE,
     MAX_BENCHMARK_BATCH,
     MAX_BENCHMARK_ITERATIONS,
     MAX_BENCHMARK_SHAPES,
     MAX_BENCHMARK_TOKENS,
     MAX_BENCHMARK_WARMUP,
     MAX_BLOCK_SIZE,
-    MAX_FEWSHOT,
     MAX_LAYER_GLOBS,
-    MAX_LM_EVAL_LIMIT,
-    MAX_LM_EVAL_TASKS,
     MAX_PARITY_TOKENS,
     MAX_REFINE_ITERATIONS,
     MAX_SEQLEN,
     MAX_THREADS,
 )
+from wanda_export.config.nested import LmEvalSettings, PushToHub
 from wanda_export.errors import did_you_mean
 from wanda_export.memory import parse_size
 from wanda_export.sparsity.pattern import parse_pattern
@@ -236,41 +232,6 @@ class VerifyStage(StrictModel):
     summary: ClassVar[str] = "Check per-layer sparsity and the N:M pattern along K."
 
 
-TaskName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
-
-
-class LmEvalSettings(StrictModel):
-    """lm-evaluation-harness tasks scored on the dense and on the pruned model (in memory).
-
-    `tasks`: lm-eval task names: the builtin offline task (`evaluate/builtin_task.py`), tasks
-    of the YAMLs under `include_path` (relative to the pipeline file), or lm-eval's own tasks
-    (their data from the hub or its cache). `limit` caps the items per task; `metric` picks the
-    metric reported and gated per task (default acc_norm, else acc, else the first);
-    `seed` draws the builtin task's items.
-    """
-
-    tasks: list[TaskName] = Field(min_length=1, max_length=MAX_LM_EVAL_TASKS)
-    num_fewshot: int = Field(0, ge=0, le=MAX_FEWSHOT)
-    limit: int | None = Field(None, ge=1, le=MAX_LM_EVAL_LIMIT)
-    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
-    include_path: str | None = Field(None, min_length=1)
-    metric: dict[TaskName, TaskName] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _known_tasks(self) -> Self:
-        problems = []
-        if len(set(self.tasks)) != len(self.tasks):
-            problems.append(problem(("tasks",), "a task is listed twice"))
-        problems.extend(
-            problem(("metric", task), f"task {task!r} is not in tasks ({', '.join(self.tasks)})",
-                    at_key=True)
-            for task in self.metric if task not in self.tasks)
-        if problems:
-            raise rules_error(problems)
-        return self
-
-
 class EvaluateStage(StrictModel):
     """Measure perplexity on the evaluation data, optionally of the dense model too; with
     `lm_eval`, accuracy on lm-evaluation-harness tasks (dense, cached, and pruned); with
@@ -288,33 +249,6 @@ class EvaluateStage(StrictModel):
     def measures(self) -> bool:
         """Whether the stage measures anything on the PyTorch model."""
         return self.perplexity or self.lm_eval is not None
-
-
-HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-
-
-def repo_id_problem(repo_id: str) -> str | None:
-    """Why `repo_id` is not a Hugging Face model repo id ORG/NAME, or None when it is one."""
-    if HUB_REPO_ID.fullmatch(repo_id) and ".." not in repo_id and "--" not in repo_id:
-        return None
-    return (f"{repo_id!r} is not a hub repo id: ORG/NAME with letters, digits, '.', '_' or '-' "
-            "(no '--' or '..', at most 96 characters each)")
-
-
-class PushToHub(StrictModel):
-    """Upload the release's model/ (and onnx/) to the Hugging Face Hub after a run whose gates
-    passed (`wanda-export push` does the same for any release)."""
-
-    repo_id: str
-    private: bool = False
-
-    @field_validator("repo_id")
-    @classmethod
-    def _a_repo_id(cls, value: str) -> str:
-        message = repo_id_problem(value)
-        if message:
-            raise custom_error(message)
-        return value
 
 
 class ExportStage(StrictModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wanda_export import __version__
-from wanda_export.config.stages import repo_id_problem
+from wanda_export.config.nested import repo_id_problem
 from wanda_export.errors import ConfigError, EnvironmentProblem, GateFailure
 from wanda_export.model.checkpoint import first_line
 from wanda_export.model.hub import environmental, offline
