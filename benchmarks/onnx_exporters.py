@@ -5,6 +5,7 @@ onnxruntime-genai for its folder), and onnxruntime CPU latency of both graphs on
 (the benchmark stage's timing: fixed threads, warm-up, p50 / p95).
 
     python benchmarks/onnx_exporters.py [--threads 2] [--iterations 10]
+    python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR   # the builder alone
 
 Results: benchmarks/results/onnx-exporters.json.
 """
@@ -84,12 +85,15 @@ def measure(name, export, model, tokenizer, args, genai_folder=None) -> dict:
 
 
 _ALONE = """
-import json, sys, time
+import json, resource, sys
 from pathlib import Path
 from wanda_export.export.onnx_genai import export_genai
+before = resource.getrusage(resource.RUSAGE_SELF)
 exported = export_genai(Path(sys.argv[1]), Path(sys.argv[2]))
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-print(json.dumps({"seconds": exported.seconds,
+print(json.dumps({"seconds": exported.seconds, "cpu_seconds": cpu,
                   **{key: int(status[key].split()[0]) * 1024
                      for key in ("VmHWM", "RssAnon", "RssFile")}}))
 """
@@ -107,7 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--alone", type=Path, metavar="CHECKPOINT",
+                        help="only the builder on CHECKPOINT, in a fresh process, then stop")
     args = parser.parse_args()
+    if args.alone is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(genai_alone(args.alone, Path(tmp) / "onnx"), indent=2))
+        return
     torch.set_num_threads(args.threads)
     loaded = load_model(None, device="cpu")
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
-from wanda_export.errors import missing_dependency
+from wanda_export.errors import WandaExportError, missing_dependency
 from wanda_export.export.onnx import CacheLayout, OnnxExport, input_names, output_names
 
 # transformers architectures that both this project and the builder support. Phi-3 is left to
@@ -72,6 +72,8 @@ def _builder_environment(checkpoint_dir: Path) -> Iterator[object]:
                                lambda _self, _path: mapped_model(checkpoint)), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield builder
+    except WandaExportError:
+        raise  # a problem of ours, already naming the file and the reason
     except Exception as error:
         raise RuntimeError(f"the onnxruntime-genai model builder failed on {checkpoint_dir}: "
                            f"{error}\n{log.getvalue()[-2000:]}") from error
