@@ -195,10 +195,10 @@ def run_table(args) -> dict:
             chosen |= json.loads(validated.read_text())["chosen"]
     base, calib, evaluation = load(args)
     stats = dense_statistics(base, calib) if args.mode == "dense" else None
-    out_path = RESULTS / f"methods-table-{args.mode}.json"
+    out_path = RESULTS / f"methods-table-{args.mode}{args.tag}.json"
     done = json.loads(out_path.read_text())["rows"] if args.resume and out_path.exists() else []
     rows = [r for r in done if r["case"] != "dense"]
-    dense = perplexity(base, evaluation, batch_size=4)
+    dense = perplexity(base, evaluation, batch_size=4) if args.dense else None
     for label, pattern, extra in TABLE:
         if (args.only and pattern not in args.only) or (args.rows and label not in args.rows):
             continue
@@ -223,6 +223,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--only", nargs="*", help="table: only these patterns (50%% 2:4 70%%)")
     parser.add_argument("--rows", nargs="*", help="table: only the rows of these labels")
+    parser.add_argument("--tag", default="", help="table: suffix of the results file")
+    parser.add_argument("--dense", action="store_true", help="table: measure the dense model too")
     parser.add_argument("--part", choices=["ria", "dsnot"], default="dsnot",
                         help="validate: RIA's settings or DSnoT's variant")
     parser.add_argument("--resume", action="store_true", help="table: keep the rows measured")
@@ -234,7 +236,8 @@ def main() -> None:
     result["environment"] = environment(args)
     result["command"] = "python benchmarks/methods.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    name = f"validate-{args.part}" if args.command == "validate" else f"table-{args.mode}"
+    name = (f"validate-{args.part}" if args.command == "validate"
+            else f"table-{args.mode}{args.tag}")
     (RESULTS / f"methods-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
