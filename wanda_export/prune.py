@@ -67,7 +67,7 @@ def prune_targets(
     """
     pattern = spec.parsed_pattern
 
-    def prune_one(target: Target) -> None:
+    def prune_one(target: Target) -> float | None:
         weight = weight_out_in(target.module)
         sparsity = ratios[target.name] if ratios is not None else spec.sparsity
         if spec.method == "sparsegpt":
@@ -77,19 +77,19 @@ def prune_targets(
             importance = wanda_scores(weight, torch.diagonal(xtx)) if kept is not None else None
             weight.copy_(sparsegpt_prune(weight, xtx, sparsity, pattern, spec.block_size,
                                          spec.dampening))
-            if importance is not None:
-                kept[target.name] = importance_kept(importance, weight == 0)
-            return
+            return None if importance is None else importance_kept(importance, weight == 0)
         uses_stats = stats is not None and spec.method in METHODS_NEEDING_ACTIVATIONS
         scores = compute_scores(spec.method, weight, stats[target.name].sumsq if uses_stats else None)
         mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
-        if kept is not None:
-            kept[target.name] = importance_kept(scores, mask)
+        share = importance_kept(scores, mask) if kept is not None else None
         apply_mask_(weight, mask)
+        return share
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(prune_one, targets))
+        shares = list(pool.map(prune_one, targets))
+    if kept is not None:  # in target order, whatever the threads' order
+        kept.update((target.name, share) for target, share in zip(targets, shares))
 
 
 def verify_targets(targets: list[Target], pattern: Pattern) -> SparsityReport:
