@@ -31,10 +31,12 @@ COMMANDS = {
 
 
 def timed(source: Path, args: list[str]) -> float:
-    """Seconds of one child `python ARGS` running `source`'s code."""
+    """Seconds of one child `python ARGS` running `source`'s code (started in `source`: the
+    current folder comes first on sys.path, before PYTHONPATH)."""
     env = {**os.environ, "PYTHONPATH": str(source)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, *args], env=env, cwd=source, check=True,
+                   capture_output=True)
     return time.perf_counter() - start
 
 
