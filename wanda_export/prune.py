@@ -117,7 +117,7 @@ def prune_targets(
         permuted, gains = permute_targets(targets, spec, stats, root)
         stats = {**(stats or {}), **permuted}
 
-    def prune_one(target: Target) -> None:
+    def prune_one(target: Target) -> float | None:
         weight = weight_out_in(target.module)
         sparsity = ratios[target.name] if ratios is not None else spec.sparsity
         entry = stats.get(target.name) if stats else None
@@ -128,9 +128,7 @@ def prune_targets(
                           else None)
             weight.copy_(sparsegpt_prune(weight, entry.xtx, sparsity, pattern, spec.block_size,
                                          spec.dampening))
-            if importance is not None:
-                kept[target.name] = importance_kept(importance, weight == 0)
-            return
+            return None if importance is None else importance_kept(importance, weight == 0)
         scores = _scores(spec, weight, entry)
         mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
         if _refines(spec, target.name):
@@ -141,13 +139,15 @@ def prune_targets(
                                 iterations=spec.refine_iterations,
                                 threshold=spec.refine_threshold,
                                 variance_power=spec.refine_variance_power)
-        if kept is not None:
-            kept[target.name] = importance_kept(scores, mask)
+        share = importance_kept(scores, mask) if kept is not None else None
         apply_mask_(weight, mask)
+        return share
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(prune_one, targets))
+        shares = list(pool.map(prune_one, targets))
+    if kept is not None:  # in target order, whatever the threads' order
+        kept.update((target.name, share) for target, share in zip(targets, shares))
     return gains
 
 

@@ -12,6 +12,7 @@ import ast
 import functools
 import hashlib
 import importlib.machinery
+import json
 import sys
 import sysconfig
 import warnings
@@ -20,6 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from wanda_export.atomic import atomic_write_bytes
+from wanda_export.paths import cache_root
+
 Split = Literal["calibration", "evaluation"]
 
 SPLITS: tuple[Split, ...] = ("calibration", "evaluation")
@@ -27,6 +31,7 @@ EVALUATION_MODULUS = 4
 _SKIPPED_TOP_LEVEL = frozenset({"test", "idlelib", "__main__"})
 _SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages"})
 _JOIN = "\n\n"
+CORPUS_FORMAT = 1  # bump when the corpus's construction changes, so saved copies are rebuilt
 _CONTAINERS = (ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a statement
 
 
@@ -99,9 +104,38 @@ def _statements(tree: ast.Module) -> Iterator[ast.AST]:
                      if isinstance(child, _CONTAINERS))
 
 
+Corpus = tuple[tuple[str, Split, tuple[str, ...]], ...]
+
+
 @functools.lru_cache(maxsize=1)
-def _corpus() -> tuple[tuple[str, Split, tuple[str, ...]], ...]:
-    """(module, split, docstrings) for every stdlib source file that has docstrings."""
+def _corpus() -> Corpus:
+    """(module, split, docstrings) for every stdlib source file that has docstrings: read from
+    the user cache when this Python built it before (parsing ~700 files takes seconds, which
+    `plan` and every run would pay), else built and saved there."""
+    saved = _saved_corpus_path()
+    try:
+        rows = json.loads(saved.read_text(encoding="utf-8"))
+        return tuple((module, split, tuple(docs)) for module, split, docs in rows)
+    except (OSError, ValueError, TypeError):
+        pass  # not built yet, or unreadable: build it again
+    corpus = _build_corpus()
+    try:
+        atomic_write_bytes(saved, json.dumps(corpus).encode("utf-8"))
+    except OSError:
+        pass  # a read-only cache: the corpus is rebuilt next time
+    return corpus
+
+
+def _saved_corpus_path() -> Path:
+    """Where this Python's corpus is kept: keyed by the interpreter's full version and its
+    stdlib folder (what the corpus is made of) and CORPUS_FORMAT."""
+    identity = f"{CORPUS_FORMAT}|{sys.version}|{_stdlib_dir()}"
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+    return cache_root() / "corpus" / f"stdlib-docstrings-{digest}.json"
+
+
+def _build_corpus() -> Corpus:
+    """Parse the standard library's sources into the corpus (see `_corpus`)."""
     stdlib = _stdlib_dir()
     files: dict[str, Path] = {}
     for name in sorted(sys.stdlib_module_names):
