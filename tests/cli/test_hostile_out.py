@@ -146,7 +146,7 @@ CASES = [
                 "is the current folder"),
     # CLI arguments
     HostileCase("clear-unknown-kind", ("cache", "clear", "--kind", "bogus"), 2,
-                "known kinds: alphas, calibration, perplexity"),
+                "known kinds: alphas, calibration, lm-eval, perplexity"),
     HostileCase("clear-misspelt-kind", ("cache", "clear", "--kind", "calibraton"), 2,
                 "did you mean 'calibration'"),
     HostileCase("clear-path-kind", ("cache", "clear", "--kind", "../../etc"), 2,
