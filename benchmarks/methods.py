@@ -166,6 +166,7 @@ TABLE = [  # (label, pattern, what the row adds to the base method)
     ("ria+permute", "2:4", {"ria": True, "permute": True}),
     ("wanda+dsnot", "2:4", {"dsnot": "wanda"}),
     ("ria+dsnot", "2:4", {"ria": True, "dsnot": "ria"}),
+    ("wanda+permute+dsnot", "2:4", {"permute": True, "dsnot": "wanda"}),
     ("ria+permute+dsnot", "2:4", {"ria": True, "permute": True, "dsnot": "ria"}),
     ("sparsegpt", "2:4", {"method": "sparsegpt"}),
     ("sparsegpt+permute", "2:4", {"method": "sparsegpt", "permute": True}),
@@ -196,9 +197,10 @@ def run_table(args) -> dict:
     base, calib, evaluation = load(args)
     stats = dense_statistics(base, calib) if args.mode == "dense" else None
     out_path = RESULTS / f"methods-table-{args.mode}{args.tag}.json"
-    done = json.loads(out_path.read_text())["rows"] if args.resume and out_path.exists() else []
-    rows = [r for r in done if r["case"] != "dense"]
-    dense = perplexity(base, evaluation, batch_size=4) if args.dense else None
+    earlier = (json.loads(out_path.read_text()) if args.resume and out_path.exists()
+               else {"dense": None, "rows": []})
+    rows = [r for r in earlier["rows"] if r["case"] != "dense"]
+    dense = perplexity(base, evaluation, batch_size=4) if args.dense else earlier["dense"]
     for label, pattern, extra in TABLE:
         if (args.only and pattern not in args.only) or (args.rows and label not in args.rows):
             continue
