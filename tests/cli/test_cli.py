@@ -192,6 +192,14 @@ def test_exported_checkpoint_loads_with_transformers(write_pipeline, workdir):
     assert torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all()
 
 
+def _passing_release(path, out):
+    """Run the pipeline at `path` into `out` (exit 0 asserted): its report and gates by name."""
+    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    return report, {g["name"]: g for g in report["gates"]}
+
+
 def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, workdir):
     path = write_pipeline(
         pattern="2:4",
@@ -199,10 +207,7 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
                            "parity_tokens": 8}},
         gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
     out = workdir / "out"
-    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    gates = {g["name"]: g for g in report["gates"]}
+    report, gates = _passing_release(path, out)
     assert gates["onnx.sparsity"]["passed"] and gates["onnx-fp16.sparsity"]["passed"]
     assert gates["parity.max_abs_diff"]["passed"] and gates["parity.generation"]["passed"]
     assert report["metrics"]["parity"]["generation_match"] is True
@@ -226,10 +231,7 @@ def test_ria_with_permutation_and_dsnot_exports_verified_2_4_with_parity(write_p
                 "export": {"formats": ["safetensors", "onnx"], "parity_tokens": 8}},
         gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
     out = workdir / "out"
-    result = invoke("run", str(path), "--out", str(out), "--json", "--quiet")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    gates = {g["name"]: g for g in report["gates"]}
+    report, gates = _passing_release(path, out)
     assert gates["onnx.sparsity"]["passed"] and gates["parity.generation"]["passed"]
     assert report["sparsity"]["valid"] and report["sparsity"]["permutation"]["linears"] == 4
     stages = {s["name"]: s["detail"] for s in report["stages"]}
