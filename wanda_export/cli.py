@@ -184,14 +184,21 @@ def _run(file: Path, out_text: str, as_json: bool, quiet: bool, verbose: bool, c
     _command(go, as_json, quiet, verbose, writing=f"the release for --out {out_text}")
 
 
-@app.command()
-def run(file: FileArg, out: OutOpt = DEFAULT_OUT, json_: JsonOpt = False,
-        quiet: QuietOpt = False, verbose: VerboseOpt = False, cache_dir: CacheOpt = None,
-        force: ForceOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
-        dtype: DtypeOpt = None) -> None:
-    """Run every stage of FILE and write the release folder (exit 3 when a gate fails)."""
-    _run(file, out, json_, quiet, verbose, cache_dir, None, force,
-         Overrides(set_, device, dtype))
+def _pipeline_command(name: str, until: str | None, doc: str) -> None:
+    """Register command `name`: run FILE's stages (all, or up to `until`) into --out."""
+    def command(file: FileArg, out: OutOpt = DEFAULT_OUT, json_: JsonOpt = False,
+                quiet: QuietOpt = False, verbose: VerboseOpt = False, cache_dir: CacheOpt = None,
+                force: ForceOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+                dtype: DtypeOpt = None) -> None:
+        _run(file, out, json_, quiet, verbose, cache_dir, until, force,
+             Overrides(set_, device, dtype))
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
+
+
+_pipeline_command("run", None, "Run every stage of FILE and write the release folder (exit 3 "
+                  "when a gate fails).")
 
 
 @app.command()
@@ -240,21 +247,9 @@ def plan(file: FileArg, json_: JsonOpt = False, quiet: QuietOpt = False,
     _command(go, json_, quiet, verbose)
 
 
-def _stage_command(stage: str, summary: str):
-    def command(file: FileArg, out: OutOpt = DEFAULT_OUT, json_: JsonOpt = False,
-                quiet: QuietOpt = False, verbose: VerboseOpt = False, cache_dir: CacheOpt = None,
-                force: ForceOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
-                dtype: DtypeOpt = None) -> None:
-        _run(file, out, json_, quiet, verbose, cache_dir, stage, force,
-             Overrides(set_, device, dtype))
-
-    command.__doc__ = (f"{summary} Runs FILE's stages up to and including '{stage}' "
-                       "(earlier stages come from the cache when they can).")
-    app.command(name=stage)(command)
-
-
 for _stage, _model in STAGE_MODELS.items():
-    _stage_command(_stage, _model.summary)
+    _pipeline_command(_stage, _stage, f"{_model.summary} Runs FILE's stages up to and including "
+                      f"'{_stage}' (earlier stages come from the cache when they can).")
 
 
 GridOpt = Annotated[list[str], typer.Option(
