@@ -1,9 +1,9 @@
-"""RIA, N:M channel permutation and DSnoT against Wanda and SparseGPT on the real SmolLM2-135M
-model and the offline corpus (issue 15).
+"""RIA, N:M channel permutation, DSnoT and the ADMM weight update against Wanda and SparseGPT
+on the real SmolLM2-135M model and the offline corpus (issue 15).
 
     python benchmarks/methods.py validate --part ria     # choose the settings on a validation
     python benchmarks/methods.py validate --part dsnot   # split of the calibration corpus
-                                                         # (never the evaluation text)
+    python benchmarks/methods.py validate --part admm    # (never the evaluation text)
     python benchmarks/methods.py table      # the table: every row pruned from the same dense
                                             # statistics of the same calibration windows,
                                             # evaluated on the same evaluation windows
@@ -47,6 +47,8 @@ from wanda_export.paths import cache_root
 from wanda_export.prune import PruneSpec, prune_model
 
 VALIDATION_WINDOWS = 8
+RIA_EXPONENTS = (0.5, 1.0)  # the paper's a, and Wanda's (the norm to the first power)
+ADMM_ITERATIONS = (5, 20, 60)  # steps of the weight update (it converges: 20 is the default)
 # (name, pattern, spec settings) of each validation case; method settings are the issue's.
 PATTERNS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}, "70%": {"sparsity": 0.7}}
 DSNOT_VARIANTS = {
@@ -120,10 +122,13 @@ def run_validate(args) -> dict:
         return row
 
     if args.part == "ria":
-        for exponent in (0.5, 1.0):
+        for exponent in RIA_EXPONENTS:
             case("ria", "2:4", method="ria", exponent=exponent)
-        for group in ("layer", "row"):
-            case("ria", "50%", method="ria", group=group)
+            for group in ("layer", "row"):
+                case("ria", "50%", method="ria", group=group, exponent=exponent)
+    elif args.part == "admm":
+        for iterations in ADMM_ITERATIONS:
+            case("wanda+admm", "2:4", update="admm", update_iterations=iterations)
     else:
         case("wanda", "2:4")
         for label, variant in DSNOT_VARIANTS.items():
@@ -144,8 +149,12 @@ def choose(rows: list[dict]) -> dict:
         if dsnot:
             best = min(dsnot, key=lambda r: r["perplexity"])["settings"]
             chosen[f"dsnot {pattern}"] = {k: v for k, v in best.items() if k.startswith("refine")}
-    for pattern in ("50%", "70%"):
-        chosen.setdefault(f"dsnot {pattern}", chosen.get("dsnot 2:4", {}))
+    admm = [r for r in rows if r["case"] == "wanda+admm"]
+    if admm:
+        chosen["admm"] = min(admm, key=lambda r: r["perplexity"])["settings"]
+    if "dsnot 2:4" in chosen:
+        for pattern in ("50%", "70%"):
+            chosen.setdefault(f"dsnot {pattern}", chosen["dsnot 2:4"])
     return chosen
 
 
@@ -171,6 +180,15 @@ TABLE = [  # (label, pattern, what the row adds to the base method)
     ("sparsegpt", "2:4", {"method": "sparsegpt"}),
     ("sparsegpt+permute", "2:4", {"method": "sparsegpt", "permute": True}),
     ("wanda", "70%", {}), ("wanda+dsnot", "70%", {"dsnot": "wanda"}),
+    # the ADMM weight update after each kind of mask
+    ("wanda+admm", "50%", {"admm": True}), ("sparsegpt+admm", "50%",
+                                             {"method": "sparsegpt", "admm": True}),
+    ("wanda+admm", "2:4", {"admm": True}), ("ria+admm", "2:4", {"ria": True, "admm": True}),
+    ("wanda+permute+admm", "2:4", {"permute": True, "admm": True}),
+    ("wanda+permute+dsnot+admm", "2:4", {"permute": True, "dsnot": "wanda", "admm": True}),
+    ("sparsegpt+admm", "2:4", {"method": "sparsegpt", "admm": True}),
+    ("sparsegpt+permute+admm", "2:4", {"method": "sparsegpt", "permute": True, "admm": True}),
+    ("wanda+admm", "70%", {"admm": True}),
 ]
 
 
@@ -185,12 +203,14 @@ def table_spec(pattern: str, row: dict, chosen: dict, mode: str) -> PruneSpec:
         settings["permute"] = True
     if "dsnot" in row:
         settings |= {"refine": "dsnot", **chosen.get(f"dsnot {pattern}", {})}
+    if row.get("admm"):
+        settings |= chosen.get("admm", {"update": "admm"})
     return PruneSpec(**settings)
 
 
 def run_table(args) -> dict:
     chosen: dict = {}
-    for part in ("ria", "dsnot"):
+    for part in ("ria", "dsnot", "admm"):
         validated = RESULTS / f"methods-validate-{part}.json"
         if validated.exists():
             chosen |= json.loads(validated.read_text())["chosen"]
@@ -227,8 +247,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", help="table: only the rows of these labels")
     parser.add_argument("--tag", default="", help="table: suffix of the results file")
     parser.add_argument("--dense", action="store_true", help="table: measure the dense model too")
-    parser.add_argument("--part", choices=["ria", "dsnot"], default="dsnot",
-                        help="validate: RIA's settings or DSnoT's variant")
+    parser.add_argument("--part", choices=["ria", "dsnot", "admm"], default="dsnot",
+                        help="validate: RIA's settings, DSnoT's variant or the ADMM steps")
     parser.add_argument("--resume", action="store_true", help="table: keep the rows measured")
     parser.add_argument("--mode", choices=["dense", "sequential"], default="dense",
                         help="table: calibration mode of every row (dense: one shared pass)")

@@ -23,6 +23,7 @@ from wanda_export.calibrate.stats import ChannelStats
 from wanda_export.config.prune_spec import PruneSpec
 from wanda_export.model.layers import Target, weight_out_in
 from wanda_export.permutation import find_fold, permute_for_nm
+from wanda_export.sparsity.admm import admm_update
 from wanda_export.sparsity.dsnot import dsnot_refine
 from wanda_export.sparsity.mask import apply_mask_, build_mask
 from wanda_export.sparsity.pattern import Pattern
@@ -98,8 +99,8 @@ def prune_targets(
     ratios: dict[str, float] | None = None, root: nn.Module | None = None,
     kept: dict[str, float] | None = None,
 ) -> dict[str, Permuted]:
-    """Score, mask and zero each target in place (no forward passes); SparseGPT also updates
-    the weights it keeps. `ratios` (layer-wise allocation) overrides `spec.sparsity` per target.
+    """Score, mask and zero each target in place (no forward passes); SparseGPT and `update:
+    admm` also update the weights it keeps. `ratios` (layer-wise allocation) overrides `spec.sparsity` per target.
     With `spec.permute`, `root` (the module the target names are relative to) is searched for
     the producers a permutation is folded into; returns what was folded into each permuted
     target. `kept`, when given, receives each target's share of importance the mask keeps
@@ -121,27 +122,32 @@ def prune_targets(
         weight = weight_out_in(target.module)
         sparsity = ratios[target.name] if ratios is not None else spec.sparsity
         entry = stats.get(target.name) if stats else None
+        if spec.needs_hessian and (entry is None or entry.xtx is None):
+            raise ValueError(f"{spec.method if spec.method == 'sparsegpt' else 'update admm'} "
+                             f"needs the input Hessian of {target.name}")
+        dense = weight.clone() if spec.update is not None else None
         if spec.method == "sparsegpt":
-            if entry is None or entry.xtx is None:
-                raise ValueError(f"sparsegpt needs the input Hessian of {target.name}")
-            importance = (wanda_scores(weight, torch.diagonal(entry.xtx)) if kept is not None
-                          else None)
+            scores = (wanda_scores(weight, torch.diagonal(entry.xtx)) if kept is not None
+                      else None)
             weight.copy_(sparsegpt_prune(weight, entry.xtx, sparsity, pattern, spec.block_size,
                                          spec.dampening))
-            return None if importance is None else importance_kept(importance, weight == 0)
-        scores = _scores(spec, weight, entry)
-        mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
-        if _refines(spec, target.name):
-            if entry is None:
-                raise ValueError(f"refine 'dsnot' needs the activation statistics of {target.name}")
-            mean, variance = entry.moments()
-            mask = dsnot_refine(weight, mask, scores, mean, variance, pattern=pattern,
-                                iterations=spec.refine_iterations,
-                                threshold=spec.refine_threshold,
-                                variance_power=spec.refine_variance_power)
-        share = importance_kept(scores, mask) if kept is not None else None
-        apply_mask_(weight, mask)
-        return share
+            mask = weight == 0
+        else:
+            scores = _scores(spec, weight, entry)
+            mask = build_mask(scores, sparsity, pattern, spec.comparison_group)
+            if _refines(spec, target.name):
+                if entry is None:
+                    raise ValueError(
+                        f"refine 'dsnot' needs the activation statistics of {target.name}")
+                mean, variance = entry.moments()
+                mask = dsnot_refine(weight, mask, scores, mean, variance, pattern=pattern,
+                                    iterations=spec.refine_iterations,
+                                    threshold=spec.refine_threshold,
+                                    variance_power=spec.refine_variance_power)
+            apply_mask_(weight, mask)
+        if dense is not None:
+            weight.copy_(admm_update(dense, entry.xtx, mask, spec.update_iterations))
+        return importance_kept(scores, mask) if kept is not None else None
 
     workers = max(1, min(len(targets), torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -222,12 +222,13 @@ def test_onnx_release_is_verified_in_the_file_and_parity_gated(write_pipeline, w
     assert recipe["onnx"] == "model.fp16.onnx" and "--fp16" not in recipe["trtexec"]
 
 
-def test_ria_with_permutation_and_dsnot_exports_verified_2_4_with_parity(write_pipeline,
-                                                                         workdir):
+def test_ria_with_permutation_dsnot_and_admm_exports_verified_2_4_with_parity(write_pipeline,
+                                                                                workdir):
     path = write_pipeline(
         pattern="2:4",
         stages={"score": {"method": "ria", "exponent": 1.0},
-                "mask": {"permute": True, "refine": "dsnot", "refine_exclude": []},
+                "mask": {"permute": True, "refine": "dsnot", "refine_exclude": [],
+                         "update": "admm", "update_iterations": 10},
                 "export": {"formats": ["safetensors", "onnx"], "parity_tokens": 8}},
         gates={"parity": {"max_abs_diff": 0.001, "generation": True}})
     out = workdir / "out"
@@ -241,6 +242,8 @@ def test_ria_with_permutation_and_dsnot_exports_verified_2_4_with_parity(write_p
     assert (plan["method"], plan["score_settings"], plan["permute"]) == (
         "ria", {"exponent": 1.0}, True)
     assert plan["refine"]["refine_exclude"] == []
+    assert plan["update"] == stages["mask"]["update"] == {"method": "admm",
+                                                          "update_iterations": 10}
 
 
 def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):

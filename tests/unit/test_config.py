@@ -199,7 +199,7 @@ def test_stage_entries_dump_as_one_key_mappings_and_round_trip(project: Path) ->
                  "allocation": "uniform", "epsilon": 0.3, "alpha_xmin": "ks", "owl_m": 5.0,
                  "owl_lambda": 0.08, "granularity": "block", "permute": False, "refine": None,
                  "refine_iterations": 50, "refine_threshold": 0.1, "refine_variance_power": 1.0,
-                 "refine_exclude": ["*.mlp.*"]}
+                 "refine_exclude": ["*.mlp.*"], "update": None, "update_iterations": 20}
     }
     again = PipelineConfig.model_validate(dump, context={"base_dir": project})
     assert again.model_dump() == config.model_dump()

@@ -114,6 +114,8 @@ SPECS = {
                                        refine="dsnot", refine_exclude=[], refine_threshold=0.0),
     "magnitude-dsnot-dense": PruneSpec(method="magnitude", mode="dense", refine="dsnot"),
     "sparsegpt-2:4-permute": PruneSpec(method="sparsegpt", pattern="2:4", permute=True),
+    "wanda-2:4-dsnot-admm": PruneSpec(method="wanda", pattern="2:4", refine="dsnot",
+                                      update="admm", update_iterations=5),
 }
 
 

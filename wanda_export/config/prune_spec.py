@@ -75,8 +75,9 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
 
     @property
     def needs_hessian(self) -> bool:
-        """SparseGPT reconstructs from X^T X, collected in the same calibration pass."""
-        return self.method == "sparsegpt"
+        """SparseGPT and the ADMM update reconstruct from X^T X, collected in the same
+        calibration pass."""
+        return self.method == "sparsegpt" or self.update == "admm"
 
     @property
     def needs_means(self) -> bool:
@@ -100,6 +101,18 @@ class PruneSpec(CalibrateStage, ScoreStage, MaskStage, CalibrationBatch):
         """The scoring method's own settings, as `compute_scores` takes them."""
         return {name: getattr(self, name) for name in self.RIA_SETTINGS} if (
             self.method == "ria") else {}
+
+    @property
+    def refinement(self) -> dict[str, Any] | None:
+        """`refine` with its settings, as the report and the cache keys name it (None without)."""
+        return None if self.refine is None else {
+            "method": self.refine, **{name: getattr(self, name) for name in self.REFINE_SETTINGS}}
+
+    @property
+    def weight_update(self) -> dict[str, Any] | None:
+        """`update` with its settings, as the report and the cache keys name it (None without)."""
+        return None if self.update is None else {
+            "method": self.update, **{name: getattr(self, name) for name in self.UPDATE_SETTINGS}}
 
     @property
     def calibrates_sequentially(self) -> bool:

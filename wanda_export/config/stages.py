@@ -38,6 +38,7 @@ from wanda_export.config.limits import (
     MAX_REFINE_ITERATIONS,
     MAX_SEQLEN,
     MAX_THREADS,
+    MAX_UPDATE_ITERATIONS,
 )
 from wanda_export.config.nested import LmEvalSettings, PushToHub
 from wanda_export.errors import did_you_mean
@@ -47,6 +48,7 @@ from wanda_export.sparsity.pattern import parse_pattern
 Mode = Literal["sequential", "dense"]
 Method = Literal["wanda", "magnitude", "sparsegpt", "ria"]
 Refinement = Literal["dsnot"]
+WeightUpdate = Literal["admm"]
 Group = Literal["row", "layer"]
 AllocationMethod = Literal["uniform", "alphapruning", "owl"]
 AlphaXmin = Literal["ks", "median"]
@@ -127,7 +129,9 @@ class MaskStage(StrictModel):
     the expected reconstruction error, at most `refine_iterations` swaps per row, stopping a row
     once |error| <= `refine_threshold`; growth candidates are ranked by W_ij E[x_j] /
     Var(x_j)^`refine_variance_power`; `refine_exclude` globs leave linears unrefined (the
-    paper's default leaves the MLP alone).
+    paper's default leaves the MLP alone). `update: admm` finally reconstructs the weights the
+    mask keeps from the input Hessian (the least-squares optimum for the mask, by
+    `update_iterations` ADMM steps; Boža 2024), whichever method chose the mask.
     """
 
     summary: ClassVar[str] = "Prune to the configured sparsity, pattern and layer-wise allocation."
@@ -138,6 +142,8 @@ class MaskStage(StrictModel):
     # Settings only `refine: dsnot` takes (they also key sequential statistics).
     REFINE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "refine_iterations", "refine_threshold", "refine_variance_power", "refine_exclude")
+    # Settings only `update: admm` takes (they also key sequential statistics).
+    UPDATE_SETTINGS: ClassVar[tuple[str, ...]] = ("update_iterations",)
 
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: str = "unstructured"
@@ -158,11 +164,15 @@ class MaskStage(StrictModel):
     refine_variance_power: float = Field(1.0, ge=0.0, le=4.0)
     refine_exclude: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=lambda: ["*.mlp.*"], max_length=MAX_LAYER_GLOBS)
+    update: WeightUpdate | None = None
+    update_iterations: int = Field(20, ge=1, le=MAX_UPDATE_ITERATIONS)
 
     @model_validator(mode="after")
     def _refine_and_permute(self) -> Self:
         problems = only_with(self, self.REFINE_SETTINGS, self.refine is not None,
                              "'refine: dsnot'")
+        problems += only_with(self, self.UPDATE_SETTINGS, self.update is not None,
+                              "'update: admm'")
         if self.permute and not parse_pattern(self.pattern).structured:
             problems.append(problem(("permute",), f"permute reorders input channels so the N:M "
                                     f"groups keep more; pattern {self.pattern} has no groups: "

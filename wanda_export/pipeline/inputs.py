@@ -35,8 +35,8 @@ def evaluation_windows_for(config: PipelineConfig, tokenizer) -> torch.Tensor:
 
 def plan_settings(spec: PruneSpec) -> dict:
     """The pruning settings beyond method/sparsity/pattern/group that shape sequential
-    statistics: the layer-wise allocation, SparseGPT's, RIA's, the channel permutation and the
-    refinement, each only when in use."""
+    statistics: the layer-wise allocation, SparseGPT's, RIA's, the channel permutation, the
+    refinement and the weight update, each only when in use."""
     settings: dict = {}
     if spec.allocation != "uniform":
         names = [name for group in spec.ALLOCATION_SETTINGS.values() for name in group]
@@ -48,9 +48,10 @@ def plan_settings(spec: PruneSpec) -> dict:
         settings["ria"] = spec.score_settings
     if spec.permute:
         settings["permute"] = True
-    if spec.refine is not None:
-        settings["refine"] = {"method": spec.refine,
-                              **{name: getattr(spec, name) for name in spec.REFINE_SETTINGS}}
+    if spec.refinement is not None:
+        settings["refine"] = spec.refinement
+    if spec.weight_update is not None:
+        settings["update"] = spec.weight_update
     return settings
 
 

@@ -116,11 +116,10 @@ def run_mask(ctx: RunContext) -> StageRecord:
 
 
 def mask_settings(spec) -> dict:
-    """The mask stage's channel permutation and refinement, as the report and the exported plan
-    name them: `permute`, and `refine` with its settings (None without)."""
-    refine = None if spec.refine is None else {
-        "method": spec.refine, **{name: getattr(spec, name) for name in spec.REFINE_SETTINGS}}
-    return {"permute": spec.permute, "refine": refine}
+    """The mask stage's channel permutation, refinement and weight update, as the report and
+    the exported plan name them: `permute`, and `refine` and `update` with their settings (None
+    without)."""
+    return {"permute": spec.permute, "refine": spec.refinement, "update": spec.weight_update}
 
 
 def run_verify(ctx: RunContext) -> StageRecord:
