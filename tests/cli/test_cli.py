@@ -242,8 +242,11 @@ def test_ria_with_permutation_dsnot_and_admm_exports_verified_2_4_with_parity(wr
     assert (plan["method"], plan["score_settings"], plan["permute"]) == (
         "ria", {"exponent": 1.0}, True)
     assert plan["refine"]["refine_exclude"] == []
-    assert plan["update"] == stages["mask"]["update"] == {"method": "admm",
-                                                          "update_iterations": 10}
+    assert plan["update"] == stages["mask"]["update"] == report["plan"]["update"] == {
+        "method": "admm", "update_iterations": 10}
+    card = (out / "model" / "README.md").read_text()
+    assert "| mask refinement | dsnot |" in card and "| weight update | admm |" in card
+    assert "| N:M channel permutation | folded into the weights |" in card
 
 
 def test_a_parity_gate_that_fails_exits_3(write_pipeline, workdir):

@@ -35,7 +35,13 @@ from wanda_export.pipeline.outdir import check_out_dir, protected_paths, write_m
 from wanda_export.pipeline.progress import NullProgress
 from wanda_export.pipeline.publish import hub_token, push_release
 from wanda_export.pipeline.run_plan import DENSE_LM_EVAL, DENSE_PERPLEXITY, plan_run
-from wanda_export.pipeline.stages import CHECKPOINT_DIR, ONNX_DIR, STAGES, run_dense_baseline
+from wanda_export.pipeline.stages import (
+    CHECKPOINT_DIR,
+    ONNX_DIR,
+    STAGES,
+    mask_settings,
+    run_dense_baseline,
+)
 from wanda_export.pipeline.streamed import (
     STREAMED_STAGES,
     decide_memory_mode,
@@ -213,7 +219,8 @@ def run_pipeline(
         if spec is not None:
             record.plan = {"method": spec.method, "sparsity": spec.sparsity,
                            "pattern": spec.pattern, "group": spec.comparison_group,
-                           "mode": spec.mode, "targets": len(ctx.targets)}
+                           "mode": spec.mode, "targets": len(ctx.targets),
+                           **mask_settings(spec)}
         if ctx.run_plan.has(DENSE_PERPLEXITY):
             _timed(DENSE_PERPLEXITY, run_dense_baseline, ctx)
         if ctx.run_plan.has(DENSE_LM_EVAL):

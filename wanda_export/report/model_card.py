@@ -110,6 +110,11 @@ def _pruning(report: dict[str, Any], settings: dict[str, Any]) -> list[str]:
             ["allocation", (sparsity.get("allocation") or {}).get("method", "uniform")],
             ["calibration", f"{plan.get('mode', '—')} mode"], ["pruned linears",
                                                                  plan.get("targets", "—")]]
+    if plan.get("permute"):
+        rows.append(["N:M channel permutation", "folded into the weights"])
+    for label, key in (("mask refinement", "refine"), ("weight update", "update")):
+        if plan.get(key):
+            rows.append([label, plan[key]["method"]])
     if calibration is not None:
         where = (calibration.get("path") or calibration.get("dataset")
                  or "the offline corpus (stdlib docstrings)")
