@@ -1,0 +1,151 @@
+"""How the onnxruntime-genai builder's weights reach the external-data file: block by block from
+the memory-mapped checkpoint, its pages released as they are written, so the export holds about
+one block at a time instead of copies of whole tensors and the pages of the whole model.
+
+Left alone, the builder (onnxruntime-genai 0.18, `builders/base.py`)
+- stores each linear's weight transposed ([in, out]) as a lazy tensor that `onnx_ir.save`
+  materializes whole (`weight.T.contiguous()`): the largest weight, the LM head (tied to the
+  embedding: 49152 x 576 on SmolLM2, 128256 x 4096 on Llama 3), costs a copy of itself plus the
+  mapped pages it was read from;
+- concatenates each layer's q, k and v weights while it builds the graph and holds the copies
+  until they are saved (an eighth to a quarter of a Llama's weights);
+- leaves every mapped page it read in the process until the end.
+
+`builder_writes_blocks` replaces, for the duration of one export, the two builder methods that
+make those tensors (`make_packed_matmul_float_class`, `make_initializer`) and wraps
+`onnx_ir.save` so the mapped pages are released before each tensor is written. The bytes
+written are those the builder writes (the same cast of the same values, in the same order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from unittest import mock
+
+import torch
+
+# Bytes of one block (one chunk of checkpoint rows, transposed and cast) written at a time.
+BLOCK_BYTES = 16 * 2**20
+
+
+class Stacked:
+    """Weights stacked along their rows (q, k, v) without a copy: what the builder's packed
+    MatMul reads of its weight (`shape`, `T`) until `make_initializer` writes it in blocks."""
+
+    def __init__(self, parts: list[torch.Tensor]) -> None:
+        self.parts = parts
+        self.shape = torch.Size((sum(part.shape[0] for part in parts), parts[0].shape[1]))
+
+    @property
+    def T(self) -> Transposed:  # the attribute the builder reads
+        return Transposed(self.parts)
+
+
+class Transposed:
+    """`torch.cat(parts).T`, not computed."""
+
+    def __init__(self, parts: list[torch.Tensor]) -> None:
+        self.parts = parts
+        self.shape = torch.Size((parts[0].shape[1], sum(part.shape[0] for part in parts)))
+
+
+def transposed_parts(tensor) -> list[torch.Tensor] | None:
+    """The row-major [out, in] weights a builder tensor is the transpose of, or None when it is
+    not a transposed weight (then the builder's own lazy tensor writes it)."""
+    if isinstance(tensor, Transposed):
+        return tensor.parts
+    if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 and tensor.T.is_contiguous() \
+            and not tensor.is_contiguous():
+        return [tensor.T]
+    return None
+
+
+def write_transposed(parts: list[torch.Tensor], dtype: torch.dtype, file,
+                     release: Callable[[], None]) -> None:
+    """Write `torch.cat(parts).T` cast to `dtype`, row-major, at `file`'s position, reading
+    each part in chunks of whole rows (contiguous in the checkpoint, read once) and calling
+    `release` after each chunk; the file is left positioned after the tensor."""
+    base = file.tell()
+    rows = parts[0].shape[1]
+    columns = sum(part.shape[0] for part in parts)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    start = 0
+    for part in parts:
+        step = max(1, BLOCK_BYTES // (rows * max(itemsize, part.element_size())))
+        for first in range(0, part.shape[0], step):
+            chunk = part[first:first + step]
+            block = torch.empty((rows, chunk.shape[0]), dtype=dtype)
+            block.copy_(chunk.T)
+            release()
+            data = block.view(torch.uint8).numpy()  # [rows, chunk rows * itemsize]
+            if chunk.shape[0] == columns:
+                file.write(data)
+            else:  # each output row holds this chunk's columns at `start`
+                for row in range(rows):
+                    file.seek(base + (row * columns + start) * itemsize)
+                    file.write(data[row])
+            start += chunk.shape[0]
+    file.seek(base + rows * columns * itemsize)
+
+
+def _blocks_tensor(lazy, parts: list[torch.Tensor], release: Callable[[], None]):
+    """In place of the builder's lazy tensor `lazy` (same name, dtype, shape and values): one
+    that `onnx_ir.save` writes with `write_transposed` (whole only if something asks for its
+    values)."""
+    import onnx_ir
+    from onnx_ir.tensor_adapters import TorchTensor, to_torch_dtype
+
+    dtype = to_torch_dtype(lazy.dtype)
+
+    class TransposedBlocks(onnx_ir.LazyTensor):
+        def tofile(self, file) -> None:
+            write_transposed(parts, dtype, file, release)
+
+    def whole():
+        return TorchTensor(torch.cat(parts).T.to(dtype), name=lazy.name)
+
+    return TransposedBlocks(whole, dtype=lazy.dtype, shape=lazy.shape, name=lazy.name)
+
+
+def _releasing_save(save, release: Callable[[], None]):
+    """`onnx_ir.save` that calls `release` before each tensor it writes (its callback runs
+    before each write; the caller's callback still runs) and once at the end."""
+    def releasing_save(*args, callback=None, **kwargs):
+        def each(tensor, info) -> None:
+            release()
+            if callback is not None:
+                callback(tensor, info)
+        try:
+            return save(*args, callback=each, **kwargs)
+        finally:
+            release()
+    return releasing_save
+
+
+@contextlib.contextmanager
+def builder_writes_blocks(model_class, release: Callable[[], None]) -> Iterator[None]:
+    """For the duration: the builder's `model_class` (its `builders.base.Model`) packs q, k, v
+    as a `Stacked` view and registers transposed weights as block-written tensors, and
+    `onnx_ir.save` (which the builder calls by attribute) releases the mapped pages as it goes.
+    `release` drops the pages of the mapped checkpoint read so far."""
+    import onnx_ir
+
+    make_initializer = model_class.make_initializer
+
+    def packed_class(_self, q_matmul, k_matmul, v_matmul, **_kwargs):
+        return SimpleNamespace(weight=Stacked([q_matmul.weight, k_matmul.weight,
+                                               v_matmul.weight]))
+
+    def initializer(self, tensor, /, name, *, to=None, raw=False):
+        make_initializer(self, tensor, name, to=to, raw=raw)
+        parts = transposed_parts(tensor)
+        if to is not None and not raw and parts is not None:
+            value = self.model.graph.initializers[name]
+            value.const_value = _blocks_tensor(value.const_value, parts, release)
+
+    with mock.patch.object(model_class, "make_packed_matmul_float_class", packed_class), \
+            mock.patch.object(model_class, "make_initializer", initializer), \
+            mock.patch.object(onnx_ir, "save", _releasing_save(onnx_ir.save, release)):
+        yield
