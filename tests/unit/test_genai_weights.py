@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from wanda_export.errors import ConfigError
 from wanda_export.export import genai_weights, onnx_genai
-from wanda_export.export.genai_weights import transposed_parts, write_transposed
+from wanda_export.export.genai_weights import block_writer, write_rows, write_transposed
 from wanda_export.export.onnx_genai import export_genai
 from wanda_export.model.mapped import MappedFile
 
@@ -68,15 +68,32 @@ def test_blocks_are_the_cast_transposed_concatenation(tmp_path, monkeypatch, sou
     assert len(released) == sum(math.ceil(rows / step) for rows in (40, 8, 8)) > len(parts)
 
 
-def test_only_transposed_weights_are_written_in_blocks():
+@pytest.mark.parametrize("source, target", [
+    (torch.float32, torch.float32), (torch.float32, torch.float16),
+    (torch.bfloat16, torch.float32)])
+def test_rows_are_written_cast_in_chunks(tmp_path, monkeypatch, source, target):
+    monkeypatch.setattr(genai_weights, "BLOCK_BYTES", 1000)
+    tensor = torch.randn(50, 2, 12).to(source)
+    released = []
+    with open(tmp_path / "data", "wb") as file:
+        write_rows(tensor, target, file, lambda: released.append(True))
+    expected = tensor.to(target).view(torch.uint8).numpy().tobytes()
+    assert (tmp_path / "data").read_bytes() == expected
+    step = 1000 // (24 * max(source.itemsize, target.itemsize))
+    assert len(released) == math.ceil(50 / step) > 1
+
+
+def test_which_writer_writes_a_tensor():
     weight = torch.randn(6, 4)
-    (part,) = transposed_parts(weight.T)
+    transposed, rows = block_writer(weight.T), block_writer(weight)
+    assert transposed.func is write_transposed and rows.func is write_rows
+    (part,) = transposed.args[0]
     assert part.data_ptr() == weight.data_ptr() and torch.equal(part, weight)  # a view, no copy
-    assert transposed_parts(weight) is None
-    assert transposed_parts(torch.randn(4)) is None
+    assert block_writer(torch.randn(4, 6)[:, :3]) is None  # neither layout
+    assert block_writer(torch.tensor(1.0)) is None and block_writer([1.0, 2.0]) is None
     stacked = genai_weights.Stacked([weight, weight[:2]])
     assert stacked.shape == (8, 4) and stacked.T.shape == (4, 8)
-    assert transposed_parts(stacked.T) == stacked.parts
+    assert block_writer(stacked.T).args[0] == stacked.parts
 
 
 @pytest.mark.parametrize("family, precision", [("llama", "fp32"), ("qwen2", "fp32"),

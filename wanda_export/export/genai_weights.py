@@ -12,8 +12,10 @@ Left alone, the builder (onnxruntime-genai 0.18, `builders/base.py`)
 - leaves every mapped page it read in the process until the end.
 
 `builder_writes_blocks` replaces, for the duration of one export, the two builder methods that
-make those tensors (`make_packed_matmul_float_class`, `make_initializer`) and wraps
-`onnx_ir.save` so the mapped pages are released before each tensor is written. The bytes
+make those tensors (`make_packed_matmul_float_class`, `make_initializer`: every weight it
+casts lazily is written in blocks, transposed ones and the others, such as an untied
+embedding) and wraps `onnx_ir.save` so the mapped pages are released before each tensor is
+written. The bytes
 written are those the builder writes (the same cast of the same values, in the same order).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import SimpleNamespace
 from unittest import mock
 
@@ -51,15 +54,34 @@ class Transposed:
         self.shape = torch.Size((parts[0].shape[1], sum(part.shape[0] for part in parts)))
 
 
-def transposed_parts(tensor) -> list[torch.Tensor] | None:
-    """The row-major [out, in] weights a builder tensor is the transpose of, or None when it is
-    not a transposed weight (then the builder's own lazy tensor writes it)."""
+def block_writer(tensor) -> Callable | None:
+    """How a tensor the builder registers is written in blocks, `writer(dtype, file, release)`:
+    a transposed weight (a view of the row-major [out, in] weight, or the packed q/k/v) by
+    `write_transposed`, any other contiguous tensor by `write_rows`; None for anything else
+    (the builder's own lazy tensor writes it)."""
     if isinstance(tensor, Transposed):
-        return tensor.parts
-    if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 and tensor.T.is_contiguous() \
-            and not tensor.is_contiguous():
-        return [tensor.T]
-    return None
+        return partial(write_transposed, tensor.parts)
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+        return None
+    if tensor.dim() == 2 and tensor.T.is_contiguous() and not tensor.is_contiguous():
+        return partial(write_transposed, [tensor.T])
+    return partial(write_rows, tensor) if tensor.is_contiguous() else None
+
+
+def _rows_per_block(row_elements: int, *dtypes: torch.dtype) -> int:
+    itemsize = max(torch.empty((), dtype=dtype).element_size() for dtype in dtypes)
+    return max(1, BLOCK_BYTES // (row_elements * itemsize))
+
+
+def write_rows(tensor: torch.Tensor, dtype: torch.dtype, file,
+               release: Callable[[], None]) -> None:
+    """Write the contiguous `tensor` cast to `dtype` at `file`'s position, a chunk of rows at a
+    time (no copy when the dtype is the same), calling `release` after each chunk."""
+    rows = tensor.reshape(tensor.shape[0], -1)
+    step = _rows_per_block(rows.shape[1], tensor.dtype, dtype)
+    for first in range(0, rows.shape[0], step):
+        file.write(rows[first:first + step].to(dtype).contiguous().view(torch.uint8).numpy())
+        release()
 
 
 def write_transposed(parts: list[torch.Tensor], dtype: torch.dtype, file,
@@ -73,7 +95,7 @@ def write_transposed(parts: list[torch.Tensor], dtype: torch.dtype, file,
     itemsize = torch.empty((), dtype=dtype).element_size()
     start = 0
     for part in parts:
-        step = max(1, BLOCK_BYTES // (rows * max(itemsize, part.element_size())))
+        step = _rows_per_block(rows, part.dtype, dtype)
         for first in range(0, part.shape[0], step):
             chunk = part[first:first + step]
             block = torch.empty((rows, chunk.shape[0]), dtype=dtype)
@@ -90,23 +112,24 @@ def write_transposed(parts: list[torch.Tensor], dtype: torch.dtype, file,
     file.seek(base + rows * columns * itemsize)
 
 
-def _blocks_tensor(lazy, parts: list[torch.Tensor], release: Callable[[], None]):
-    """In place of the builder's lazy tensor `lazy` (same name, dtype, shape and values): one
-    that `onnx_ir.save` writes with `write_transposed` (whole only if something asks for its
+def _blocks_tensor(lazy, tensor, writer: Callable, release: Callable[[], None]):
+    """In place of the builder's lazy tensor `lazy` of `tensor` (same name, dtype, shape and
+    values): one that `onnx_ir.save` writes with `writer` (whole only if something asks for its
     values)."""
     import onnx_ir
     from onnx_ir.tensor_adapters import TorchTensor, to_torch_dtype
 
     dtype = to_torch_dtype(lazy.dtype)
 
-    class TransposedBlocks(onnx_ir.LazyTensor):
+    class BlocksTensor(onnx_ir.LazyTensor):
         def tofile(self, file) -> None:
-            write_transposed(parts, dtype, file, release)
+            writer(dtype, file, release)
 
     def whole():
-        return TorchTensor(torch.cat(parts).T.to(dtype), name=lazy.name)
+        values = torch.cat(tensor.parts).T if isinstance(tensor, Transposed) else tensor
+        return TorchTensor(values.to(dtype), name=lazy.name)
 
-    return TransposedBlocks(whole, dtype=lazy.dtype, shape=lazy.shape, name=lazy.name)
+    return BlocksTensor(whole, dtype=lazy.dtype, shape=lazy.shape, name=lazy.name)
 
 
 def _releasing_save(save, release: Callable[[], None]):
@@ -140,10 +163,10 @@ def builder_writes_blocks(model_class, release: Callable[[], None]) -> Iterator[
 
     def initializer(self, tensor, /, name, *, to=None, raw=False):
         make_initializer(self, tensor, name, to=to, raw=raw)
-        parts = transposed_parts(tensor)
-        if to is not None and not raw and parts is not None:
+        writer = block_writer(tensor)
+        if to is not None and not raw and writer is not None:
             value = self.model.graph.initializers[name]
-            value.const_value = _blocks_tensor(value.const_value, parts, release)
+            value.const_value = _blocks_tensor(value.const_value, tensor, writer, release)
 
     with mock.patch.object(model_class, "make_packed_matmul_float_class", packed_class), \
             mock.patch.object(model_class, "make_initializer", initializer), \
