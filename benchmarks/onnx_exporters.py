@@ -9,6 +9,8 @@ onnxruntime-genai for its folder), and onnxruntime CPU latency of both graphs on
     python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR   # the builder alone
     python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR --save-alone NAME
         # ... and its result written to benchmarks/results/NAME.json
+    python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR --with-model
+        # ... with the model loaded in that process first, as a pipeline holds it
 
 Results: benchmarks/results/onnx-exporters.json.
 """
@@ -101,6 +103,9 @@ def status():
 
 from onnxruntime_genai.models import builder  # the runtime the export needs: torch, transformers
 from wanda_export.export.onnx_genai import export_genai
+if sys.argv[3:] == ["--with-model"]:  # held as the pipeline's export stage holds it
+    from wanda_export.model.loading import load_model
+    loaded = load_model(sys.argv[1], device="cpu")
 imports = status()
 peak, done = dict(imports), threading.Event()
 
@@ -136,12 +141,14 @@ def checkpoint_bytes(directory: Path) -> int:
                for tensor in MappedFile(path).tensors.values())
 
 
-def genai_alone(checkpoint: Path, out: Path) -> dict:
+def genai_alone(checkpoint: Path, out: Path, with_model: bool = False) -> dict:
     """The genai export in a fresh process: its wall and CPU time inside the builder; RSS after
-    the imports it needs (the runtime); peak RSS (VmHWM) and, at the highest RSS sampled every
+    the imports it needs (the runtime; with `with_model`, also the checkpoint's model loaded
+    first, as a pipeline holds it); peak RSS (VmHWM) and, at the highest RSS sampled every
     2 ms, its anonymous and file-backed (mapped checkpoint, libraries) parts; the same parts at
     the end; and the checkpoint's weights with the peak's ratio to them."""
-    run = subprocess.run([sys.executable, "-c", _ALONE, str(checkpoint), str(out)],
+    command = [sys.executable, "-c", _ALONE, str(checkpoint), str(out)]
+    run = subprocess.run(command + ["--with-model"] * with_model,
                          capture_output=True, text=True, check=True)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     weights = checkpoint_bytes(checkpoint)
@@ -169,13 +176,16 @@ def main() -> None:
                         help="only the builder on CHECKPOINT, in a fresh process, then stop")
     parser.add_argument("--write-checkpoint", type=Path, metavar="DIR",
                         help="only write the pruned checkpoint to DIR (for --alone), then stop")
+    parser.add_argument("--with-model", action="store_true",
+                        help="with --alone: the model loaded in that process first")
     parser.add_argument("--save-alone", metavar="NAME",
                         help="with --alone: also write benchmarks/results/NAME.json")
     args = parser.parse_args()
     if args.alone is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            alone = genai_alone(args.alone, Path(tmp) / "onnx")
-        text = json.dumps({"checkpoint": str(args.alone), **alone}, indent=2) + "\n"
+            alone = genai_alone(args.alone, Path(tmp) / "onnx", args.with_model)
+        text = json.dumps({"checkpoint": str(args.alone), "with_model": args.with_model,
+                           **alone}, indent=2) + "\n"
         if args.save_alone:
             RESULTS.mkdir(exist_ok=True)
             (RESULTS / f"{args.save_alone}.json").write_text(text)
