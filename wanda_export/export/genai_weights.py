@@ -15,8 +15,9 @@ Left alone, the builder (onnxruntime-genai 0.18, `builders/base.py`)
 make those tensors (`make_packed_matmul_float_class`, `make_initializer`: every weight it
 casts lazily is written in blocks, transposed ones and the others, such as an untied
 embedding) and wraps `onnx_ir.save` so the mapped pages are released before each tensor is
-written. The bytes
-written are those the builder writes (the same cast of the same values, in the same order).
+written. The bytes written are those the builder writes (the same cast of the same values at
+the same offsets); tests/unit/test_genai_weights.py compares both files with the builder's
+own, so a builder release that changes these methods fails there, not in a user's export.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _releasing_save(save, release: Callable[[], None]):
 @contextlib.contextmanager
 def builder_writes_blocks(model_class, release: Callable[[], None]) -> Iterator[None]:
     """For the duration: the builder's `model_class` (its `builders.base.Model`) packs q, k, v
-    as a `Stacked` view and registers transposed weights as block-written tensors, and
+    as a `Stacked` view and registers every lazily cast weight as a block-written tensor, and
     `onnx_ir.save` (which the builder calls by attribute) releases the mapped pages as it goes.
     `release` drops the pages of the mapped checkpoint read so far."""
     import onnx_ir
