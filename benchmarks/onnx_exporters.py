@@ -5,7 +5,12 @@ onnxruntime-genai for its folder), and onnxruntime CPU latency of both graphs on
 (the benchmark stage's timing: fixed threads, warm-up, p50 / p95).
 
     python benchmarks/onnx_exporters.py [--threads 2] [--iterations 10]
+    python benchmarks/onnx_exporters.py --write-checkpoint DIR   # the pruned checkpoint only
     python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR   # the builder alone
+    python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR --save-alone NAME
+        # ... and its result written to benchmarks/results/NAME.json
+    python benchmarks/onnx_exporters.py --alone CHECKPOINT_DIR --with-model
+        # ... with the model loaded in that process first, as a pipeline holds it
 
 Results: benchmarks/results/onnx-exporters.json.
 """
@@ -34,6 +39,7 @@ from wanda_export.export.onnx_verify import verify_onnx
 from wanda_export.export.safetensors import export_checkpoint
 from wanda_export.model.layers import find_targets
 from wanda_export.model.loading import load_model
+from wanda_export.model.mapped import MappedFile
 from wanda_export.prune import PruneSpec, prune_model
 from wanda_export.sparsity.pattern import Pattern
 
@@ -85,26 +91,81 @@ def measure(name, export, model, tokenizer, args, genai_folder=None) -> dict:
 
 
 _ALONE = """
-import json, resource, sys
+import json, resource, sys, threading
 from pathlib import Path
+
+
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {key: int(fields[key].split()[0]) * 1024
+            for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+from onnxruntime_genai.models import builder  # the runtime the export needs: torch, transformers
 from wanda_export.export.onnx_genai import export_genai
+if sys.argv[3:] == ["--with-model"]:  # held as the pipeline's export stage holds it
+    from wanda_export.model.loading import load_model
+    loaded = load_model(sys.argv[1], device="cpu")
+imports = status()
+peak, done = dict(imports), threading.Event()
+
+
+def sample():
+    while not done.wait(0.002):
+        now = status()
+        if now["VmRSS"] > peak["VmRSS"]:
+            peak.update(now)
+
+
+thread = threading.Thread(target=sample, daemon=True)
+thread.start()
 before = resource.getrusage(resource.RUSAGE_SELF)
 exported = export_genai(Path(sys.argv[1]), Path(sys.argv[2]))
 after = resource.getrusage(resource.RUSAGE_SELF)
+done.set()
+thread.join()
 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+end = status()
 print(json.dumps({"seconds": exported.seconds, "cpu_seconds": cpu,
-                  **{key: int(status[key].split()[0]) * 1024
-                     for key in ("VmHWM", "RssAnon", "RssFile")}}))
+                  **{key: end[key] for key in ("VmHWM", "RssAnon", "RssFile")},
+                  "imports_rss_bytes": imports["VmRSS"], "imports_VmHWM": imports["VmHWM"],
+                  "peak_sampled_rss_bytes": peak["VmRSS"], "peak_RssAnon": peak["RssAnon"],
+                  "peak_RssFile": peak["RssFile"]}))
 """
 
 
-def genai_alone(checkpoint: Path, out: Path) -> dict:
-    """The genai export in a fresh process (nothing else loaded): its wall time inside the
-    builder, peak RSS (VmHWM) and, at the end, anonymous vs file-backed (mapped) RSS."""
-    run = subprocess.run([sys.executable, "-c", _ALONE, str(checkpoint), str(out)],
+def checkpoint_bytes(directory: Path) -> int:
+    """Bytes of the tensors of a safetensors checkpoint (read from the headers only)."""
+    return sum(tensor.numel() * tensor.element_size()
+               for path in sorted(directory.glob("*.safetensors"))
+               for tensor in MappedFile(path).tensors.values())
+
+
+def genai_alone(checkpoint: Path, out: Path, with_model: bool = False) -> dict:
+    """The genai export in a fresh process: its wall and CPU time inside the builder; RSS after
+    the imports it needs (the runtime; with `with_model`, also the checkpoint's model loaded
+    first, as a pipeline holds it); peak RSS (VmHWM) and, at the highest RSS sampled every
+    2 ms, its anonymous and file-backed (mapped checkpoint, libraries) parts; the same parts at
+    the end; and the checkpoint's weights with the peak's ratio to them."""
+    command = [sys.executable, "-c", _ALONE, str(checkpoint), str(out)]
+    run = subprocess.run(command + ["--with-model"] * with_model,
                          capture_output=True, text=True, check=True)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    weights = checkpoint_bytes(checkpoint)
+    return {**result, "weights_bytes": weights, "peak_rss_over_weights": result["VmHWM"] / weights,
+            "export_peak_over_imports_bytes": result["VmHWM"] - result["imports_rss_bytes"]}
+
+
+def pruned_checkpoint(directory: Path):
+    """SmolLM2-135M pruned Wanda 2:4 (dense calibration, 32 x 512), written to `directory` as
+    the pipeline writes it (safetensors); returns the pruned model and its tokenizer."""
+    loaded = load_model(None, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    windows = calibration_windows(tokenizer, load_documents(TextSource("builtin"),
+                                  "calibration"), 32, 512, 0)
+    prune_model(model, PruneSpec(pattern="2:4", mode="dense"), windows)
+    export_checkpoint(model, tokenizer, directory, {})
+    return model, tokenizer
 
 
 def main() -> None:
@@ -113,21 +174,31 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--alone", type=Path, metavar="CHECKPOINT",
                         help="only the builder on CHECKPOINT, in a fresh process, then stop")
+    parser.add_argument("--write-checkpoint", type=Path, metavar="DIR",
+                        help="only write the pruned checkpoint to DIR (for --alone), then stop")
+    parser.add_argument("--with-model", action="store_true",
+                        help="with --alone: the model loaded in that process first")
+    parser.add_argument("--save-alone", metavar="NAME",
+                        help="with --alone: also write benchmarks/results/NAME.json")
     args = parser.parse_args()
     if args.alone is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(genai_alone(args.alone, Path(tmp) / "onnx"), indent=2))
+            alone = genai_alone(args.alone, Path(tmp) / "onnx", args.with_model)
+        text = json.dumps({"checkpoint": str(args.alone), "with_model": args.with_model,
+                           **alone}, indent=2) + "\n"
+        if args.save_alone:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"{args.save_alone}.json").write_text(text)
+        print(text, end="")
         return
     torch.set_num_threads(args.threads)
-    loaded = load_model(None, device="cpu")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    windows = calibration_windows(tokenizer, load_documents(TextSource("builtin"),
-                                  "calibration"), 32, 512, 0)
-    prune_model(model, PruneSpec(pattern="2:4", mode="dense"), windows)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if args.write_checkpoint is not None:
+        pruned_checkpoint(args.write_checkpoint)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        export_checkpoint(model, tokenizer, work / "model", {})
+        model, tokenizer = pruned_checkpoint(work / "model")
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
         alone = genai_alone(work / "model", work / "genai-alone")
         genai = measure("genai", lambda: export_genai(work / "model", work / "genai"), model,
                         tokenizer, args, genai_folder=work / "genai")

@@ -8,7 +8,8 @@ a `genai_config.json` and the tokenizer, so `onnxruntime_genai` generates from t
 
 What we add around it:
 - the weights are the checkpoint's safetensors files memory-mapped (`model.mapped`) instead of
-  the builder's `from_pretrained` copy, so the export holds page cache, not the model;
+  the builder's `from_pretrained` copy, written to the file block by block with the mapped
+  pages released as they go (`genai_weights`), so the export holds a block, not the model;
 - nothing is fetched: local config and tokenizer, `HF_HUB_OFFLINE`, no token; no quantization
   (precision fp32, fp16 or bf16 only: a cast keeps every zero a zero);
 - the KV-cache head dimension is pinned in the graph's I/O (the builder leaves it symbolic).
@@ -32,6 +33,7 @@ from pathlib import Path
 from unittest import mock
 
 from wanda_export.errors import WandaExportError, missing_dependency
+from wanda_export.export.genai_weights import builder_writes_blocks
 from wanda_export.export.onnx import CacheLayout, OnnxExport, input_names, output_names
 
 # transformers architectures that both this project and the builder support. Phi-3 is left to
@@ -53,23 +55,24 @@ def genai_supports(config) -> bool:
 
 @contextlib.contextmanager
 def _builder_environment(checkpoint_dir: Path) -> Iterator[object]:
-    """The builder module, with its weights memory-mapped from `checkpoint_dir`, the hub
-    offline, and its prints and progress bars kept out of our output (stdout is --json's)."""
+    """The builder module, with its weights memory-mapped from `checkpoint_dir` and written
+    in blocks (`genai_weights`), the hub offline, and its prints and progress bars kept out of
+    our output (stdout is --json's)."""
     try:
         from onnxruntime_genai.models import builder
     except ImportError as error:
         raise missing_dependency("onnxruntime_genai", "onnx") from error
-    from wanda_export.model.mapped import mapped_model
+    from wanda_export.model.mapped import MappedModel
     from wanda_export.model.streaming import StreamedCheckpoint
 
     base = sys.modules["builders.base"]  # the builder imports its package by its short name
-    checkpoint = StreamedCheckpoint(checkpoint_dir)
+    mapped = MappedModel(StreamedCheckpoint(checkpoint_dir))
     saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     log = io.StringIO()
     try:
-        with mock.patch.object(base.Model, "load_weights",
-                               lambda _self, _path: mapped_model(checkpoint)), \
+        with mock.patch.object(base.Model, "load_weights", lambda _self, _path: mapped.model), \
+                builder_writes_blocks(base.Model, mapped.release), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield builder
     except WandaExportError:
