@@ -123,8 +123,8 @@ def prune_targets(
         sparsity = ratios[target.name] if ratios is not None else spec.sparsity
         entry = stats.get(target.name) if stats else None
         if spec.needs_hessian and (entry is None or entry.xtx is None):
-            raise ValueError(f"{spec.method if spec.method == 'sparsegpt' else 'update admm'} "
-                             f"needs the input Hessian of {target.name}")
+            needs = "sparsegpt" if spec.method == "sparsegpt" else "update 'admm'"
+            raise ValueError(f"{needs} needs the input Hessian of {target.name}")
         dense = weight.clone() if spec.update is not None else None
         if spec.method == "sparsegpt":
             scores = (wanda_scores(weight, torch.diagonal(entry.xtx)) if kept is not None

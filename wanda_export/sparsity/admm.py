@@ -14,8 +14,8 @@ each pruned column only on the columns to its right; the ADMM solution is the op
 mask, whichever method chose it (Wanda, RIA, DSnoT, SparseGPT's own).
 
 The inputs are first scaled to unit norm (H's diagonal becomes 1), so `rho` and the dampening
-are relative to the typical input and the same constants serve every layer. Dampening (a small
-ridge on H, as SparseGPT's) keeps the problem well posed where H is singular and pulls weights
+are relative to the typical input and the same constants serve every layer. Dampening (a ridge
+of 1% of each input's own ||X_j||^2 on H; SparseGPT adds 1% of the mean) keeps the problem well posed where H is singular and pulls weights
 of inputs the calibration never exercised towards their dense values. Pure tensor code: weight,
 Hessian and mask in, reconstructed weight out.
 """
